@@ -1,0 +1,161 @@
+"""``python -m gpu_lessons {fit,validate,test,predict} --config configs/<lesson>.yaml``.
+
+A LightningCLI in subclass mode: a config picks any lesson (``model.class_path``) and any DataModule
+(``data.class_path``). On top of Lightning's CLI it adds what a learner on a laptop or a GPU box needs:
+
+* ``accelerator: gpu`` falls back to the CPU, with one line saying why, where CUDA is not usable
+  (``--strict_accelerator true`` makes that an error instead);
+* checkpoints in ``checkpoints/<run_name>/`` (best on ``val/loss`` and ``last.ckpt``), TensorBoard logs in
+  ``lightning_logs/<run_name>/version_N/`` with the run's ``config.yaml``, and the learning rate logged;
+* user errors (a missing checkpoint or dataset, CUDA required but absent) end in one ``error:`` line and exit
+  code 2, not a traceback.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+from jsonargparse import Namespace
+from lightning.pytorch import LightningDataModule, Trainer
+from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
+
+from gpu_lessons.data.mnist import DatasetMissingError
+from gpu_lessons.models.base import Lesson
+
+_GPU_ACCELERATORS = ("gpu", "cuda")
+
+
+class UserError(Exception):
+    """A problem with the user's input or machine, reported as one line without a traceback."""
+
+
+def cuda_unavailable_reason() -> Optional[str]:
+    """Why CUDA cannot be used here and how to fix it, or ``None`` when it can."""
+    if torch.cuda.is_available():
+        return None
+    if torch.version.cuda is None:
+        return (
+            "this torch build has no CUDA support (a CPU-only wheel); install a CUDA build, "
+            "e.g. `pip install torch --index-url https://download.pytorch.org/whl/cu124`"
+        )
+    return (
+        f"torch is built with CUDA {torch.version.cuda} but sees no GPU: no NVIDIA driver or device is visible "
+        "(check `nvidia-smi` and CUDA_VISIBLE_DEVICES)"
+    )
+
+
+class NonOverwritingSaveConfigCallback(SaveConfigCallback):
+    """Saves the run's config beside its logs; if a ``config.yaml`` is already there, writes ``config-N.yaml``."""
+
+    def setup(self, trainer: Trainer, pl_module: Any, stage: str) -> None:
+        log_dir = trainer.log_dir
+        if log_dir is not None:
+            stem, n = "config", 0
+            while os.path.isfile(os.path.join(log_dir, self.config_filename)):
+                n += 1
+                self.config_filename = f"{stem}-{n}.yaml"
+        super().setup(trainer, pl_module, stage)
+
+
+class LessonCLI(LightningCLI):
+    """LightningCLI for the lessons; see the module docstring for what it adds."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("save_config_callback", NonOverwritingSaveConfigCallback)
+        kwargs.setdefault("seed_everything_default", 42)
+        super().__init__(Lesson, LightningDataModule, *args, subclass_mode_model=True, subclass_mode_data=True, **kwargs)
+
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        parser.add_argument(
+            "--run_name",
+            type=Optional[str],
+            default=None,
+            help="Names the run's folders: checkpoints/<run_name>/ and lightning_logs/<run_name>/. "
+            "Default: the first config file's name (cnn for configs/cnn.yaml).",
+        )
+        parser.add_argument(
+            "--strict_accelerator",
+            type=bool,
+            default=False,
+            help="With accelerator gpu/cuda on a machine where CUDA is not usable: fail instead of falling back "
+            "to the CPU.",
+        )
+        parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        parser.set_defaults(
+            {
+                "checkpoint.monitor": "val/loss",
+                "checkpoint.mode": "min",
+                "checkpoint.save_last": True,
+                "checkpoint.filename": "epoch{epoch:03d}-val_loss{val/loss:.4f}",
+                "checkpoint.auto_insert_metric_name": False,
+            }
+        )
+
+    def before_instantiate_classes(self) -> None:
+        """Resolve the run name, the CUDA fallback and the output folders before anything is built."""
+        config = self.config[self.subcommand]
+        run_name = config.run_name or _default_run_name(config)
+        config.run_name = run_name
+        self._resolve_accelerator(config)
+        ckpt_path = config.get("ckpt_path")
+        if ckpt_path and ckpt_path not in ("last", "best", "hpc", "registry") and not Path(ckpt_path).is_file():
+            raise UserError(f"--ckpt_path {ckpt_path}: no such checkpoint file")
+        if config.checkpoint.dirpath is None:
+            config.checkpoint.dirpath = os.path.join("checkpoints", run_name)
+        if config.trainer.logger in (None, True):
+            config.trainer.logger = Namespace(
+                class_path="lightning.pytorch.loggers.TensorBoardLogger",
+                init_args=Namespace(save_dir="lightning_logs", name=run_name),
+            )
+
+    def _resolve_accelerator(self, config: Namespace) -> None:
+        accelerator = config.trainer.accelerator
+        if not isinstance(accelerator, str) or accelerator.lower() not in _GPU_ACCELERATORS:
+            return
+        reason = cuda_unavailable_reason()
+        if reason is None:
+            return
+        if config.strict_accelerator:
+            raise UserError(f"accelerator '{accelerator}' was requested with strict_accelerator, but {reason}")
+        sys.stderr.write(
+            f"gpu_lessons: accelerator '{accelerator}' -> 'cpu': {reason}. "
+            "Pass --strict_accelerator true to make this an error.\n"
+        )
+        config.trainer.accelerator = "cpu"
+        if not isinstance(config.trainer.devices, int):
+            config.trainer.devices = "auto"
+
+    def instantiate_trainer(self, **kwargs: Any) -> Trainer:
+        """The configured trainer, plus a LearningRateMonitor whenever there is a logger to write to."""
+        trainer_config = self._get(self.config_init, "trainer", default={})
+        if trainer_config.get("logger") not in (None, False, []):
+            callbacks = list(trainer_config.get("callbacks") or [])
+            if not any(isinstance(c, LearningRateMonitor) for c in callbacks):
+                kwargs["callbacks"] = [*callbacks, LearningRateMonitor(logging_interval="epoch")]
+        return super().instantiate_trainer(**kwargs)
+
+
+def _default_run_name(config: Namespace) -> str:
+    config_files = config.get("config") or []
+    if config_files:
+        return Path(str(config_files[0])).stem
+    class_path = str(config.model.class_path)
+    return class_path.rsplit(".", 1)[-1].removesuffix("Lesson").lower() or "lesson"
+
+
+def cli_main(args: Optional[list[str]] = None) -> Optional[LessonCLI]:
+    """Run the CLI (``args`` instead of ``sys.argv`` lets tests drive it in-process)."""
+    try:
+        return LessonCLI(args=args)
+    except (UserError, DatasetMissingError) as error:
+        sys.stderr.write(f"error: {error}\n")
+        raise SystemExit(2) from None
+
+
+if __name__ == "__main__":
+    cli_main()

@@ -1,0 +1,18 @@
+"""LightningDataModules for the course's synthetic datasets and for (Fashion-)MNIST."""
+
+from gpu_lessons.data.batches import EpochPermutation, TensorBatches
+from gpu_lessons.data.mnist import DatasetMissingError, MNISTDataModule
+from gpu_lessons.data.synthetic import BlobsDataModule, CurveDataModule, LineDataModule, RandomFeaturesDataModule
+from gpu_lessons.data.tensor_datamodule import TensorDataModule
+
+__all__ = [
+    "BlobsDataModule",
+    "CurveDataModule",
+    "DatasetMissingError",
+    "EpochPermutation",
+    "LineDataModule",
+    "MNISTDataModule",
+    "RandomFeaturesDataModule",
+    "TensorBatches",
+    "TensorDataModule",
+]

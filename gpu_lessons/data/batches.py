@@ -1,0 +1,102 @@
+"""Batches sliced straight from tensors that already sit on the training device.
+
+For datasets that fit in memory (all of this course's) a ``DataLoader`` with per-item transforms, collation and
+host-to-device copies costs far more than the model's arithmetic. Here each split is a few tensors, moved to the
+device once, and a batch is one indexing operation.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+
+import torch
+from torch import Tensor
+
+
+class EpochPermutation:
+    """Which sample indices one rank sees in one epoch.
+
+    The order is a permutation drawn from ``seed + epoch``, so it is reproducible and a run resumed at an epoch
+    boundary sees exactly the order the uninterrupted run would have. Lightning calls :meth:`set_epoch` before
+    every epoch, as it does for ``DistributedSampler``.
+
+    Under DDP each rank takes a disjoint strided shard. With ``even=True`` (training) the remainder is dropped first
+    so every rank gets the same number of samples, and so of batches: unequal counts would hang DDP's gradient
+    all-reduce. Evaluation uses ``even=False`` so that every sample is seen exactly once across ranks.
+    """
+
+    def __init__(
+        self, size: int, *, shuffle: bool, seed: int = 0, rank: int = 0, world_size: int = 1, even: bool = True
+    ) -> None:
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank must be in [0, {world_size}), got {rank}")
+        self.size = size
+        self.shuffle = shuffle
+        self.seed = seed
+        self.rank = rank
+        self.world_size = world_size
+        self.even = even
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        if self.even:
+            return self.size // self.world_size
+        return len(range(self.rank, self.size, self.world_size))
+
+    def indices(self) -> Tensor:
+        """This rank's indices for the current epoch (a CPU ``int64`` tensor)."""
+        if self.shuffle:
+            generator = torch.Generator().manual_seed(self.seed + self.epoch)
+            order = torch.randperm(self.size, generator=generator)
+        else:
+            order = torch.arange(self.size)
+        if self.even:
+            order = order[: len(self) * self.world_size]
+        return order[self.rank :: self.world_size]
+
+
+class TensorBatches:
+    """An iterable of batches, each a tuple of slices of ``tensors`` taken at the same indices.
+
+    It has ``len()`` (so progress bars, OneCycleLR and ``trainer.estimated_stepping_batches`` work) and a
+    ``sampler`` with ``set_epoch``, which Lightning calls each epoch.
+
+    Args:
+        tensors: Equal-length tensors, e.g. ``(images, labels)``, on any device; batches stay on that device.
+        batch_size: Samples per batch; ``None`` gives one batch with the whole (shard of the) split.
+        sampler: The order; defaults to the natural order on one process.
+        drop_last: Drop a final batch smaller than ``batch_size``.
+    """
+
+    # DataLoader attributes Lightning inspects: it calls ``sampler.set_epoch`` and looks for a batch sampler.
+    batch_sampler = None
+
+    def __init__(
+        self,
+        *tensors: Tensor,
+        batch_size: int | None,
+        sampler: EpochPermutation | None = None,
+        drop_last: bool = False,
+    ) -> None:
+        if not tensors or any(len(t) != len(tensors[0]) for t in tensors):
+            raise ValueError("TensorBatches needs one or more tensors of equal length")
+        if batch_size is not None and batch_size < 1:
+            raise ValueError(f"batch_size must be a positive integer or None, got {batch_size}")
+        self.tensors = tensors
+        self.sampler = sampler or EpochPermutation(len(tensors[0]), shuffle=False)
+        self.batch_size = batch_size or max(len(self.sampler), 1)
+        self.drop_last = drop_last
+
+    def __len__(self) -> int:
+        rounding = math.floor if self.drop_last else math.ceil
+        return rounding(len(self.sampler) / self.batch_size)
+
+    def __iter__(self) -> Iterator[tuple[Tensor, ...]]:
+        order = self.sampler.indices().to(self.tensors[0].device, non_blocking=True)
+        for start in range(0, len(self) * self.batch_size, self.batch_size):
+            index = order[start : start + self.batch_size]
+            yield tuple(tensor[index] for tensor in self.tensors)

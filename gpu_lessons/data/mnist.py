@@ -1,0 +1,191 @@
+"""MNIST and Fashion-MNIST through torchvision, served from device-resident uint8 tensors."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal, Optional, Union
+
+import torch
+from torch import Tensor
+from torch.utils.data import DataLoader, Subset
+from torchvision import datasets, transforms
+
+from gpu_lessons.data.tensor_datamodule import Split, TensorDataModule
+
+Dataset = Literal["mnist", "fashion_mnist"]
+
+# torchvision class and the (mean, std) of its training pixels in [0, 1].
+_DATASETS: dict[str, tuple[type[datasets.MNIST], float, float]] = {
+    "mnist": (datasets.MNIST, 0.1307, 0.3081),
+    "fashion_mnist": (datasets.FashionMNIST, 0.2860, 0.3530),
+}
+
+
+class DatasetMissingError(RuntimeError):
+    """The dataset's files are not on disk and could not be downloaded."""
+
+
+class MNISTDataModule(TensorDataModule):
+    """MNIST (or Fashion-MNIST): 60,000 training images split into train/val with a seeded permutation, and
+    the official 10,000-image test set.
+
+    The default ``loader="tensor"`` keeps each split as one uint8 tensor (47 MB for all of MNIST) on the training
+    device and normalises each batch there, in :meth:`on_after_batch_transfer`. ``loader="torchvision"`` is the
+    course's path (per-image ``ToTensor`` and a ``DataLoader``), kept for comparison.
+
+    Args:
+        data_dir: Folder holding ``MNIST/raw`` (or ``FashionMNIST/raw``); downloaded there if missing.
+        dataset: ``mnist`` or ``fashion_mnist``.
+        batch_size: Training batch size.
+        eval_batch_size: Batch size for validation, test and predict.
+        val_size: Training images held out for validation (0 disables validation).
+        seed: Seeds the train/val split and the shuffling order.
+        download: Download missing files in ``prepare_data`` (needs internet).
+        loader: ``tensor`` (fast, device-resident) or ``torchvision`` (DataLoader over PIL images).
+        num_workers: DataLoader workers for ``loader="torchvision"``.
+        on_device: With ``loader="tensor"``, keep the data on the training device.
+    """
+
+    def __init__(
+        self,
+        data_dir: Union[str, Path] = "data",
+        dataset: Dataset = "mnist",
+        batch_size: int = 32,
+        eval_batch_size: int = 1000,
+        val_size: int = 5000,
+        seed: int = 42,
+        download: bool = True,
+        loader: Literal["tensor", "torchvision"] = "tensor",
+        num_workers: int = 0,
+        on_device: bool = True,
+    ) -> None:
+        super().__init__(batch_size=batch_size, eval_batch_size=eval_batch_size, seed=seed, on_device=on_device)
+        if dataset not in _DATASETS:
+            raise ValueError(f"dataset must be one of {sorted(_DATASETS)}, got {dataset!r}")
+        if loader not in ("tensor", "torchvision"):
+            raise ValueError(f"loader must be 'tensor' or 'torchvision', got {loader!r}")
+        if val_size < 0:
+            raise ValueError(f"val_size must be >= 0, got {val_size}")
+        if num_workers < 0:
+            raise ValueError(f"num_workers must be >= 0, got {num_workers}")
+        self.save_hyperparameters()
+        self.data_dir = Path(data_dir)
+        self.dataset_class, self.mean, self.std = _DATASETS[dataset]
+        self._torchvision_splits: dict[str, Any] = {}
+
+    @property
+    def raw_folder(self) -> Path:
+        """Where torchvision looks for the four IDX files."""
+        return self.data_dir / self.dataset_class.__name__ / "raw"
+
+    def prepare_data(self) -> None:
+        """Download the dataset if it is missing (once per node; the only place that touches the network)."""
+        if self._files_present():
+            return
+        if self.hparams.download:
+            try:
+                for train in (True, False):
+                    self.dataset_class(self.data_dir, train=train, download=True)
+            except Exception as error:  # urllib/HTTP/checksum errors all mean the same thing to the user
+                raise self._missing_error(f"downloading failed ({error.__class__.__name__}: {error})") from None
+        if not self._files_present():
+            raise self._missing_error("download is disabled" if not self.hparams.download else "download failed")
+
+    def _files_present(self) -> bool:
+        return all((self.raw_folder / name).is_file() for name in self._file_names())
+
+    def _file_names(self) -> list[str]:
+        return [os.path.splitext(os.path.basename(url))[0] for url, _ in self.dataset_class.resources]
+
+    def _missing_error(self, reason: str) -> DatasetMissingError:
+        name = self.dataset_class.__name__
+        hint = (
+            "MNIST: run `../shared/data/install-mnist DATA_DIR` where available, or copy the files from any machine "
+            "that has them."
+            if name == "MNIST"
+            else "Fashion-MNIST: `apt-get install -y dataset-fashion-mnist` and copy /usr/share/datasets/fashion-mnist/"
+            "*.gz into that folder."
+        )
+        return DatasetMissingError(
+            f"{name} is not in {self.raw_folder.resolve()} and {reason}. Put the four files "
+            f"{', '.join(self._file_names())} (or their .gz archives) there, connect to the internet so "
+            f"torchvision can download them, or point data_dir elsewhere. {hint}"
+        )
+
+    def _load(self, train: bool, transform: Any = None) -> datasets.MNIST:
+        if not self._files_present():
+            # .gz archives alone are unpacked by torchvision's download step (verified, no network needed).
+            self.prepare_data()
+        return self.dataset_class(self.data_dir, train=train, transform=transform, download=False)
+
+    def _split_indices(self, num_train_images: int) -> tuple[Tensor, Tensor]:
+        """Seeded (train, val) indices into the official training images."""
+        val_size = self.hparams.val_size
+        if val_size >= num_train_images:
+            raise ValueError(f"val_size={val_size} leaves no training images (the training set has {num_train_images})")
+        order = torch.randperm(num_train_images, generator=torch.Generator().manual_seed(self.seed))
+        return order[val_size:], order[:val_size]
+
+    def build_splits(self) -> dict[str, Split]:
+        train = self._load(train=True)
+        test = self._load(train=False)
+        train_idx, val_idx = self._split_indices(len(train))
+        splits = {
+            "train": (train.data[train_idx], train.targets[train_idx]),
+            "test": (test.data, test.targets),
+        }
+        if len(val_idx):
+            splits["val"] = (train.data[val_idx], train.targets[val_idx])
+        return splits
+
+    def setup(self, stage: Optional[str] = None) -> None:
+        """Load the splits once; with ``loader="tensor"`` they go to the training device."""
+        if self.hparams.loader == "tensor":
+            super().setup(stage)
+        elif not self._torchvision_splits:
+            to_tensor = transforms.ToTensor()
+            train = self._load(train=True, transform=to_tensor)
+            train_idx, val_idx = self._split_indices(len(train))
+            self._torchvision_splits = {
+                "train": Subset(train, train_idx.tolist()),
+                "val": Subset(train, val_idx.tolist()),
+                "test": self._load(train=False, transform=to_tensor),
+            }
+
+    def _dataloader(self, split: str, *, train: bool) -> Any:
+        if self.hparams.loader == "tensor":
+            return self._batches(split, train=train)
+        return DataLoader(
+            self._torchvision_splits[split],
+            batch_size=self.batch_size if train else self.eval_batch_size,
+            shuffle=train,
+            num_workers=self.hparams.num_workers,
+            persistent_workers=self.hparams.num_workers > 0,
+        )
+
+    def train_dataloader(self) -> Any:
+        """Shuffled training batches (a new seeded order every epoch)."""
+        return self._dataloader("train", train=True)
+
+    def val_dataloader(self) -> Any:
+        """The held-out part of the training images."""
+        if self.hparams.val_size == 0:
+            return []
+        return self._dataloader("val", train=False)
+
+    def test_dataloader(self) -> Any:
+        """The official 10,000 test images."""
+        return self._dataloader("test", train=False)
+
+    def predict_dataloader(self) -> Any:
+        """The test images, for predictions."""
+        return self._dataloader("test", train=False)
+
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        """Turn a batch of images into normalised ``[B, 1, 28, 28]`` floats, on the device they already sit on."""
+        images, *rest = batch if isinstance(batch, (tuple, list)) else (batch,)
+        if images.dtype == torch.uint8:
+            images = images.unsqueeze(1).float().div_(255.0)
+        images = (images - self.mean) / self.std
+        return (images, *rest) if rest else images

@@ -1,0 +1,181 @@
+"""The course's small synthetic datasets, each reproducible from plain numbers and a seed."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import torch
+from torch import Tensor
+
+from gpu_lessons.data.tensor_datamodule import Split, TensorDataModule
+
+
+def _column(values: list[float]) -> Tensor:
+    return torch.tensor(values, dtype=torch.float32).unsqueeze(1)
+
+
+class LineDataModule(TensorDataModule):
+    """Points on the line y = slope·x + intercept (steps 7 and 11: y = 2x + 1 on x = 1..5).
+
+    Validation and test ask for x values the network never saw (the course's 6, 7 and 10), so the monitored
+    ``val/loss`` measures generalisation; ``predict`` returns ŷ for them.
+
+    Args:
+        slope: The line's slope.
+        intercept: The line's intercept.
+        train_x: Inputs to train on.
+        eval_x: Unseen inputs for validation, test and predict.
+        noise: Standard deviation of Gaussian noise added to the training targets.
+        **kwargs: Batching options of :class:`TensorDataModule` (``batch_size``, ``seed``, ...).
+    """
+
+    def __init__(
+        self,
+        slope: float = 2.0,
+        intercept: float = 1.0,
+        train_x: list[float] = [1.0, 2.0, 3.0, 4.0, 5.0],  # noqa: B006 - never mutated; shown by --help
+        eval_x: list[float] = [6.0, 7.0, 10.0],  # noqa: B006
+        noise: float = 0.0,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        if not train_x or not eval_x:
+            raise ValueError("train_x and eval_x need at least one value each")
+        if noise < 0:
+            raise ValueError(f"noise must be >= 0, got {noise}")
+        self.save_hyperparameters()
+
+    def build_splits(self) -> dict[str, Split]:
+        hp = self.hparams
+        x_train, x_eval = _column(hp.train_x), _column(hp.eval_x)
+        generator = torch.Generator().manual_seed(self.seed)
+        y_train = hp.slope * x_train + hp.intercept + hp.noise * torch.randn(x_train.shape, generator=generator)
+        y_eval = hp.slope * x_eval + hp.intercept
+        return {"train": (x_train, y_train), "val": (x_eval, y_eval), "test": (x_eval, y_eval), "predict": (x_eval,)}
+
+
+class CurveDataModule(TensorDataModule):
+    """The parabola y = x² sampled on an even grid (step 8): no straight line can fit it.
+
+    Validation and test use the midpoints between the training points.
+
+    Args:
+        num_points: Training points on the grid.
+        x_min: Left end of the grid.
+        x_max: Right end of the grid.
+        **kwargs: Batching options of :class:`TensorDataModule`.
+    """
+
+    def __init__(self, num_points: int = 41, x_min: float = -2.0, x_max: float = 2.0, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        if num_points < 2 or not x_min < x_max:
+            raise ValueError(f"need num_points >= 2 and x_min < x_max, got {num_points}, {x_min}, {x_max}")
+        self.save_hyperparameters()
+
+    def build_splits(self) -> dict[str, Split]:
+        hp = self.hparams
+        x_train = torch.linspace(hp.x_min, hp.x_max, hp.num_points).unsqueeze(1)
+        x_eval = (x_train[1:] + x_train[:-1]) / 2
+        return {
+            "train": (x_train, x_train**2),
+            "val": (x_eval, x_eval**2),
+            "test": (x_eval, x_eval**2),
+            "predict": (x_eval,),
+        }
+
+
+class BlobsDataModule(TensorDataModule):
+    """Two Gaussian blobs, class 0 around ``center0`` and class 1 around ``center1`` (step 9).
+
+    With the defaults the training set is exactly the course's: ``torch.manual_seed(42)``, 50 points of
+    ``randn + 2`` then 50 of ``randn + 6``. Validation and test are fresh draws (seeds + 1, + 2); ``predict``
+    classifies the course's four new points.
+
+    Args:
+        center0: Centre of class 0 (the same value on both axes, as in the course).
+        center1: Centre of class 1.
+        samples_per_class: Training points per class.
+        eval_samples_per_class: Validation/test points per class.
+        predict_points: Points to classify with ``predict``.
+        **kwargs: Batching options of :class:`TensorDataModule`.
+    """
+
+    def __init__(
+        self,
+        center0: float = 2.0,
+        center1: float = 6.0,
+        samples_per_class: int = 50,
+        eval_samples_per_class: int = 50,
+        predict_points: list[list[float]] = [[2.0, 2.0], [6.0, 6.0], [1.5, 1.8], [5.5, 6.2]],  # noqa: B006
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        if samples_per_class < 1 or eval_samples_per_class < 1:
+            raise ValueError("samples_per_class and eval_samples_per_class must be >= 1")
+        self.save_hyperparameters()
+
+    def _draw(self, seed: int, per_class: int) -> Split:
+        generator = torch.Generator().manual_seed(seed)
+        class0 = torch.randn(per_class, 2, generator=generator) + self.hparams.center0
+        class1 = torch.randn(per_class, 2, generator=generator) + self.hparams.center1
+        labels = torch.cat([torch.zeros(per_class), torch.ones(per_class)])
+        return torch.cat([class0, class1]), labels
+
+    def build_splits(self) -> dict[str, Split]:
+        n, n_eval = self.hparams.samples_per_class, self.hparams.eval_samples_per_class
+        points = torch.tensor(self.hparams.predict_points, dtype=torch.float32).reshape(-1, 2)
+        return {
+            "train": self._draw(self.seed, n),
+            "val": self._draw(self.seed + 1, n_eval),
+            "test": self._draw(self.seed + 2, n_eval),
+            "predict": (points,),
+        }
+
+
+class RandomFeaturesDataModule(TensorDataModule):
+    """Samples x ~ N(0, 1)^num_features with a binary label (steps 13 and 14).
+
+    ``labels="pattern"`` gives the learnable rule label = (sum of features > 0); ``labels="noise"`` gives coin-flip
+    labels that carry no information, so anything a network learns about them is memorisation.
+
+    Args:
+        labels: ``pattern`` or ``noise``.
+        num_features: Features per sample (10 in step 13, 4 in step 14).
+        num_train: Training samples.
+        num_val: Validation samples (drawn independently).
+        num_test: Test samples (drawn independently).
+        **kwargs: Batching options of :class:`TensorDataModule`.
+    """
+
+    def __init__(
+        self,
+        labels: Literal["pattern", "noise"] = "pattern",
+        num_features: int = 10,
+        num_train: int = 200,
+        num_val: int = 500,
+        num_test: int = 500,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        if labels not in ("pattern", "noise"):
+            raise ValueError(f"labels must be 'pattern' or 'noise', got {labels!r}")
+        if min(num_features, num_train, num_val, num_test) < 1:
+            raise ValueError("num_features, num_train, num_val and num_test must be >= 1")
+        self.save_hyperparameters()
+
+    def _draw(self, seed: int, count: int) -> Split:
+        generator = torch.Generator().manual_seed(seed)
+        x = torch.randn(count, self.hparams.num_features, generator=generator)
+        if self.hparams.labels == "noise":
+            y = torch.randint(0, 2, (count,), generator=generator).float()
+        else:
+            y = (x.sum(dim=1) > 0).float()
+        return x, y
+
+    def build_splits(self) -> dict[str, Split]:
+        hp = self.hparams
+        return {
+            "train": self._draw(self.seed, hp.num_train),
+            "val": self._draw(self.seed + 1, hp.num_val),
+            "test": self._draw(self.seed + 2, hp.num_test),
+        }

@@ -1,0 +1,90 @@
+"""The DataModule base every in-memory dataset of the course shares."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from lightning.pytorch import LightningDataModule
+from torch import Tensor
+
+from gpu_lessons.data.batches import EpochPermutation, TensorBatches
+
+Split = tuple[Tensor, ...]
+
+
+class TensorDataModule(LightningDataModule):
+    """A DataModule whose splits are tensors, placed once on the training device and served as :class:`TensorBatches`.
+
+    Subclasses implement :meth:`build_splits` and return ``{"train": (x, y), "val": ..., "test": ..., "predict": ...}``
+    (any split may be missing). Shuffling uses ``seed + epoch``; under DDP each rank gets its own shard.
+
+    Args:
+        batch_size: Training batch size; ``None`` trains full-batch, as the course's small lessons do.
+        eval_batch_size: Batch size for validation/test/predict; ``None`` means the whole split at once.
+        seed: Seeds the data itself (in subclasses) and the shuffling order.
+        on_device: Keep the splits on the training device (GPU) instead of copying every batch from the host.
+    """
+
+    def __init__(
+        self,
+        batch_size: Optional[int] = None,
+        eval_batch_size: Optional[int] = None,
+        seed: int = 42,
+        on_device: bool = True,
+    ) -> None:
+        super().__init__()
+        for name, value in (("batch_size", batch_size), ("eval_batch_size", eval_batch_size)):
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+                raise ValueError(f"{name} must be a positive integer or null, got {value!r}")
+        self.batch_size = batch_size
+        self.eval_batch_size = eval_batch_size
+        self.seed = seed
+        self.on_device = on_device
+        self.splits: dict[str, Split] = {}
+
+    def build_splits(self) -> dict[str, Split]:
+        """Create the splits as CPU tensors. Must be deterministic given the constructor's arguments."""
+        raise NotImplementedError
+
+    def setup(self, stage: Optional[str] = None) -> None:
+        """Build the splits once (later calls are no-ops) and move them to the training device."""
+        if self.splits:
+            return
+        device = self._device()
+        self.splits = {
+            name: tuple(t.to(device) for t in tensors) for name, tensors in self.build_splits().items()
+        }
+
+    def _device(self) -> torch.device:
+        if self.on_device and self.trainer is not None:
+            return self.trainer.strategy.root_device
+        return torch.device("cpu")
+
+    def _batches(self, split: str, *, train: bool) -> TensorBatches:
+        if split not in self.splits:
+            raise RuntimeError(f"{type(self).__name__} has no {split!r} split (did setup() run?)")
+        tensors = self.splits[split]
+        rank, world_size = (self.trainer.global_rank, self.trainer.world_size) if self.trainer else (0, 1)
+        sampler = EpochPermutation(
+            len(tensors[0]), shuffle=train, seed=self.seed, rank=rank, world_size=world_size, even=train
+        )
+        batch_size = self.batch_size if train else self.eval_batch_size
+        return TensorBatches(*tensors, batch_size=batch_size, sampler=sampler)
+
+    def train_dataloader(self) -> TensorBatches:
+        """Shuffled training batches, a new order every epoch."""
+        return self._batches("train", train=True)
+
+    def val_dataloader(self) -> TensorBatches:
+        """Validation batches in order."""
+        return self._batches("val", train=False)
+
+    def test_dataloader(self) -> TensorBatches:
+        """Test batches in order."""
+        return self._batches("test", train=False)
+
+    def predict_dataloader(self) -> TensorBatches:
+        """Inputs to predict, in order (the ``predict`` split, else the test split)."""
+        split = "predict" if "predict" in self.splits else "test"
+        return self._batches(split, train=False)

@@ -1,0 +1,25 @@
+"""One LightningModule per lesson, each around the course's plain ``nn.Module``."""
+
+from gpu_lessons.models.base import Lesson
+from gpu_lessons.models.classifier import BlobClassifierLesson, BlobClassifierNet
+from gpu_lessons.models.cnn import CNN, CNNLesson
+from gpu_lessons.models.dropout import DropoutLesson, OverfitNet
+from gpu_lessons.models.mlp import MLPLesson, MNISTNet
+from gpu_lessons.models.regression import RegressionLesson, SimpleNet
+from gpu_lessons.models.schedulers import SchedulerLesson, SchedulerNet
+
+__all__ = [
+    "CNN",
+    "BlobClassifierLesson",
+    "BlobClassifierNet",
+    "CNNLesson",
+    "DropoutLesson",
+    "Lesson",
+    "MLPLesson",
+    "MNISTNet",
+    "OverfitNet",
+    "RegressionLesson",
+    "SchedulerLesson",
+    "SchedulerNet",
+    "SimpleNet",
+]

@@ -1,0 +1,186 @@
+"""The one LightningModule every lesson shares: step, metrics, logging, optimizers and schedulers."""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, Literal, Optional
+
+import torch
+from lightning.pytorch import LightningModule
+from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from lightning.pytorch.utilities.model_helpers import is_overridden
+from torch import Tensor, nn
+from torch.optim.lr_scheduler import CyclicLR, OneCycleLR, ReduceLROnPlateau
+from torchmetrics import MaxMetric, MeanSquaredError, Metric, MinMetric
+from torchmetrics.classification import Accuracy
+
+Task = Literal["regression", "binary", "multiclass"]
+
+# Schedulers that are designed to move the learning rate every optimizer step, not every epoch.
+_PER_STEP_SCHEDULERS = (OneCycleLR, CyclicLR)
+
+
+def _built_class(factory: Any) -> Optional[type]:
+    """The class a factory will build: the factory itself, or the class inside a (jsonargparse) partial."""
+    if isinstance(factory, type):
+        return factory
+    if isinstance(factory, functools.partial):
+        return next((a for a in (factory.func, *factory.args) if isinstance(a, type)), None)
+    return None
+
+
+class Lesson(LightningModule):
+    """A lesson = one of the course's plain ``nn.Module`` networks plus the training logic they all share.
+
+    Subclasses build their network and call ``super().__init__(net, task=...)``. Everything else lives here
+    once: one step for train/val/test, one torchmetrics object per stage, a best-so-far validation metric,
+    and optimizer/scheduler wiring from injected factories, so a YAML config can pick any
+    ``torch.optim`` optimizer and LR scheduler.
+
+    Args:
+        net: The plain PyTorch network. For classification it returns logits (no sigmoid/softmax).
+        task: ``regression`` (MSE), ``binary`` (BCE-with-logits, accuracy) or ``multiclass`` (cross-entropy,
+            accuracy).
+        num_classes: Number of classes for ``multiclass``.
+        optimizer: Builds the optimizer from the parameters, e.g. ``torch.optim.Adam`` or a partial with an lr.
+        scheduler: Builds an LR scheduler from the optimizer, or ``None``. ReduceLROnPlateau gets ``monitor``
+            set automatically; OneCycleLR gets ``total_steps`` from the trainer when not given and, like
+            CyclicLR, steps every batch.
+        monitor: Metric that ReduceLROnPlateau (and the CLI's checkpointing) watches. Falls back to
+            ``train/loss`` when no validation runs.
+    """
+
+    def __init__(
+        self,
+        net: nn.Module,
+        task: Task,
+        num_classes: Optional[int] = None,
+        optimizer: OptimizerCallable = torch.optim.Adam,
+        scheduler: Optional[LRSchedulerCallable] = None,
+        monitor: str = "val/loss",
+    ) -> None:
+        super().__init__()
+        # Factories are code, not data: keeping them out of the hyperparameters keeps every checkpoint loadable
+        # with ``weights_only=True``; the CLI writes them to the run's config.yaml instead.
+        self.save_hyperparameters(ignore=["net", "optimizer", "scheduler"])
+        self.net = net
+        self.task = task
+        self.optimizer_factory = optimizer
+        self.scheduler_factory = scheduler
+        self.monitor = monitor
+
+        if task == "regression":
+            self.loss_fn: nn.Module = nn.MSELoss()
+            self.metric_name = "mse"
+            make_metric = MeanSquaredError
+            self.val_metric_best: Metric = MinMetric()
+        elif task == "binary":
+            self.loss_fn = nn.BCEWithLogitsLoss()
+            self.metric_name = "acc"
+            make_metric = functools.partial(Accuracy, task="binary")
+            self.val_metric_best = MaxMetric()
+        elif task == "multiclass":
+            if not num_classes or num_classes < 2:
+                raise ValueError(f"task='multiclass' needs num_classes >= 2, got {num_classes!r}")
+            self.loss_fn = nn.CrossEntropyLoss()
+            self.metric_name = "acc"
+            make_metric = functools.partial(Accuracy, task="multiclass", num_classes=num_classes)
+            self.val_metric_best = MaxMetric()
+        else:
+            raise ValueError(f"unknown task {task!r}: expected 'regression', 'binary' or 'multiclass'")
+        # One metric object per stage so their states never mix.
+        self.train_metric = make_metric()
+        self.val_metric = make_metric()
+        self.test_metric = make_metric()
+
+    def forward(self, x: Tensor) -> Tensor:
+        """The plain network's output: predictions for regression, logits for classification."""
+        return self.net(x)
+
+    def predictions(self, outputs: Tensor) -> Tensor:
+        """What a user reads off the network: values, probabilities (binary) or class probabilities."""
+        if self.task == "binary":
+            return outputs.sigmoid()
+        if self.task == "multiclass":
+            return outputs.softmax(dim=-1)
+        return outputs
+
+    def model_step(self, batch: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor, Tensor]:
+        """The step shared by train/val/test: returns the loss, the metric's predictions and the targets."""
+        inputs, targets = batch
+        outputs = self(inputs)
+        if self.task == "binary":
+            outputs = outputs.squeeze(-1)
+            targets = targets.to(outputs.dtype)
+        loss = self.loss_fn(outputs, targets)
+        # Binary accuracy gets probabilities: torchmetrics would otherwise guess whether these are logits.
+        preds = outputs.sigmoid() if self.task == "binary" else outputs.detach()
+        return loss, preds, targets
+
+    def on_train_start(self) -> None:
+        """Forget what the sanity check put into the validation metrics."""
+        self.val_metric.reset()
+        self.val_metric_best.reset()
+
+    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
+        """One optimisation step; logs the epoch's mean loss and metric (no per-step host sync)."""
+        loss, preds, targets = self.model_step(batch)
+        self.train_metric(preds, targets)
+        self.log("train/loss", loss, on_step=False, on_epoch=True, prog_bar=True)
+        self.log(f"train/{self.metric_name}", self.train_metric, on_step=False, on_epoch=True, prog_bar=True)
+        return loss
+
+    def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
+        """Accumulates the validation loss and metric."""
+        loss, preds, targets = self.model_step(batch)
+        self.val_metric(preds, targets)
+        self.log("val/loss", loss, on_step=False, on_epoch=True, prog_bar=True, sync_dist=True)
+        self.log(f"val/{self.metric_name}", self.val_metric, on_step=False, on_epoch=True, prog_bar=True)
+
+    def on_validation_epoch_end(self) -> None:
+        """Logs the best validation metric seen so far in this run."""
+        self.val_metric_best(self.val_metric.compute())
+        self.log(f"val/{self.metric_name}_best", self.val_metric_best.compute(), sync_dist=True, prog_bar=True)
+
+    def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
+        """Accumulates the test loss and metric."""
+        loss, preds, targets = self.model_step(batch)
+        self.test_metric(preds, targets)
+        self.log("test/loss", loss, on_step=False, on_epoch=True, sync_dist=True)
+        self.log(f"test/{self.metric_name}", self.test_metric, on_step=False, on_epoch=True)
+
+    def predict_step(self, batch: Any, batch_idx: int) -> Tensor:
+        """Predictions for a batch of inputs (a tensor, or an ``(inputs, targets)`` pair)."""
+        inputs = batch[0] if isinstance(batch, (tuple, list)) else batch
+        return self.predictions(self(inputs))
+
+    def configure_optimizers(self) -> Any:
+        """Builds the injected optimizer and, if any, the scheduler with the interval and monitor it needs."""
+        optimizer = self.optimizer_factory(self.parameters())
+        if self.scheduler_factory is None:
+            return optimizer
+        scheduler_class = _built_class(self.scheduler_factory)
+        kwargs = {}
+        given = self.scheduler_factory.keywords if isinstance(self.scheduler_factory, functools.partial) else {}
+        if scheduler_class is not None and issubclass(scheduler_class, OneCycleLR):
+            if given.get("total_steps") is None and given.get("epochs") is None:
+                kwargs["total_steps"] = int(self.trainer.estimated_stepping_batches)
+        scheduler = self.scheduler_factory(optimizer, **kwargs)
+        config: dict[str, Any] = {
+            "scheduler": scheduler,
+            "interval": "step" if isinstance(scheduler, _PER_STEP_SCHEDULERS) else "epoch",
+        }
+        if isinstance(scheduler, ReduceLROnPlateau):
+            config["monitor"] = self._plateau_monitor()
+        return {"optimizer": optimizer, "lr_scheduler": config}
+
+    def _plateau_monitor(self) -> str:
+        """``self.monitor``, unless it is a validation metric and validation never runs in this fit."""
+        trainer = self.trainer
+        datamodule = getattr(trainer, "datamodule", None)
+        has_val_data = datamodule is None or is_overridden("val_dataloader", datamodule)
+        validates = trainer.limit_val_batches != 0 and has_val_data
+        if self.monitor.startswith("val/") and not validates:
+            return self.monitor.replace("val/", "train/", 1)
+        return self.monitor
+

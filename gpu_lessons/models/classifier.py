@@ -1,0 +1,44 @@
+"""Step 9: a binary classifier separates two Gaussian blobs."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from torch import Tensor, nn
+
+from gpu_lessons.models.base import Lesson
+
+
+class BlobClassifierNet(nn.Module):
+    """The course's 2 → 16 → 1 classifier with ReLU (65 parameters).
+
+    It returns a logit; the lesson applies the sigmoid, so training can use the numerically stable
+    BCE-with-logits and prediction still gives the course's probabilities.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.layer1 = nn.Linear(2, 16)
+        self.relu = nn.ReLU()
+        self.layer2 = nn.Linear(16, 1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.layer2(self.relu(self.layer1(x)))
+
+
+class BlobClassifierLesson(Lesson):
+    """Binary classification of 2-D points; ``predict`` returns the probability of class 1.
+
+    Args:
+        optimizer: Optimizer factory (the course uses Adam, lr 0.01).
+        scheduler: Optional LR scheduler factory.
+    """
+
+    def __init__(
+        self,
+        optimizer: OptimizerCallable = torch.optim.Adam,
+        scheduler: Optional[LRSchedulerCallable] = None,
+    ) -> None:
+        super().__init__(BlobClassifierNet(), task="binary", optimizer=optimizer, scheduler=scheduler)

@@ -1,0 +1,42 @@
+"""Step 14: learning-rate schedulers (StepLR, ReduceLROnPlateau, cosine, one-cycle) on a small classifier."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from torch import Tensor, nn
+
+from gpu_lessons.models.base import Lesson
+
+
+class SchedulerNet(nn.Module):
+    """The course's 4 → 16 → 1 network with ReLU (97 parameters); returns a logit."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(4, 16)
+        self.fc2 = nn.Linear(16, 1)
+        self.relu = nn.ReLU()
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.fc2(self.relu(self.fc1(x)))
+
+
+class SchedulerLesson(Lesson):
+    """Binary classification whose interest is the learning rate: pick the scheduler in the config.
+
+    Args:
+        optimizer: Optimizer factory (the course uses Adam, lr 0.1).
+        scheduler: LR scheduler factory, e.g. StepLR(step_size=2, gamma=0.5) or ReduceLROnPlateau(patience=2).
+        monitor: Metric ReduceLROnPlateau watches; the course steps it on the training loss.
+    """
+
+    def __init__(
+        self,
+        optimizer: OptimizerCallable = torch.optim.Adam,
+        scheduler: Optional[LRSchedulerCallable] = None,
+        monitor: str = "train/loss",
+    ) -> None:
+        super().__init__(SchedulerNet(), task="binary", optimizer=optimizer, scheduler=scheduler, monitor=monitor)

@@ -1,0 +1,95 @@
+"""The course's exact architectures: parameter counts, shapes and what each lesson outputs."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from gpu_lessons.models import (
+    CNN,
+    BlobClassifierNet,
+    CNNLesson,
+    DropoutLesson,
+    MLPLesson,
+    MNISTNet,
+    OverfitNet,
+    RegressionLesson,
+    SchedulerNet,
+    SimpleNet,
+)
+
+
+def num_parameters(module: torch.nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+@pytest.mark.parametrize(
+    ("net", "expected", "input_shape", "output_shape"),
+    [
+        (SimpleNet("none"), 25, (5, 1), (5, 1)),
+        (SimpleNet("relu"), 25, (5, 1), (5, 1)),
+        (SimpleNet("tanh"), 25, (5, 1), (5, 1)),
+        (SimpleNet("sigmoid"), 25, (5, 1), (5, 1)),
+        (BlobClassifierNet(), 65, (4, 2), (4, 1)),
+        (MNISTNet(), 109_386, (3, 1, 28, 28), (3, 10)),
+        (CNN(), 52_138, (3, 1, 28, 28), (3, 10)),
+        (OverfitNet(dropout=0.0), 18_049, (7, 10), (7, 1)),
+        (OverfitNet(dropout=0.5), 18_049, (7, 10), (7, 1)),
+        (SchedulerNet(), 97, (9, 4), (9, 1)),
+    ],
+)
+def test_course_architectures(net: torch.nn.Module, expected: int, input_shape: tuple, output_shape: tuple) -> None:
+    assert num_parameters(net) == expected
+    assert net(torch.randn(input_shape)).shape == output_shape
+
+
+def test_cnn_intermediate_shapes_match_the_course() -> None:
+    net = CNN()
+    x = net.pool(net.relu(net.conv1(torch.zeros(1, 1, 28, 28))))
+    assert x.shape == (1, 8, 14, 14)
+    x = net.pool(net.relu(net.conv2(x)))
+    assert x.shape == (1, 16, 7, 7)
+
+
+def test_lessons_wrap_the_plain_network_without_extra_parameters() -> None:
+    assert num_parameters(MLPLesson()) == 109_386
+    assert num_parameters(CNNLesson()) == 52_138
+    assert isinstance(CNNLesson().net, CNN)
+
+
+def test_activation_is_only_active_where_asked() -> None:
+    net = SimpleNet("none")
+    x = torch.linspace(-3, 3, 7).unsqueeze(1)
+    # Without an activation the network is affine: second differences vanish.
+    y = net(x).squeeze(1)
+    torch.testing.assert_close(y[2:] - 2 * y[1:-1] + y[:-2], torch.zeros(5), atol=1e-5, rtol=0)
+
+
+def test_dropout_is_off_in_eval_mode() -> None:
+    lesson = DropoutLesson(dropout=0.5).eval()
+    x = torch.randn(4, 10)
+    torch.testing.assert_close(lesson(x), lesson(x))
+
+
+def test_predictions_are_probabilities_for_classifiers() -> None:
+    lesson = MLPLesson().eval()
+    probs = lesson.predict_step(torch.randn(5, 1, 28, 28), 0)
+    torch.testing.assert_close(probs.sum(dim=1), torch.ones(5))
+    binary = DropoutLesson().predict_step(torch.randn(5, 10), 0)
+    assert ((binary >= 0) & (binary <= 1)).all()
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"activation": "softplus"}, "activation must be one of"),
+    ],
+)
+def test_bad_lesson_arguments_name_the_problem(kwargs: dict, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        RegressionLesson(**kwargs)
+
+
+def test_bad_dropout_names_the_problem() -> None:
+    with pytest.raises(ValueError, match="dropout must be a probability"):
+        DropoutLesson(dropout=1.5)
