@@ -98,7 +98,7 @@ class LessonCLI(LightningCLI):
 
     def before_instantiate_classes(self) -> None:
         """Resolve the run name, the CUDA fallback and the output folders before anything is built."""
-        config = self.config[self.subcommand]
+        config = self.config[self.subcommand] if self.subcommand else self.config
         run_name = config.run_name or _default_run_name(config)
         config.run_name = run_name
         self._resolve_accelerator(config)

@@ -20,7 +20,7 @@ Task = Literal["regression", "binary", "multiclass"]
 _PER_STEP_SCHEDULERS = (OneCycleLR, CyclicLR)
 
 
-def _built_class(factory: Any) -> Optional[type]:
+def factory_class(factory: Any) -> Optional[type]:
     """The class a factory will build: the factory itself, or the class inside a (jsonargparse) partial."""
     if isinstance(factory, type):
         return factory
@@ -98,9 +98,9 @@ class Lesson(LightningModule):
         return self.net(x)
 
     def predictions(self, outputs: Tensor) -> Tensor:
-        """What a user reads off the network: values, probabilities (binary) or class probabilities."""
+        """What a user reads off the network: values, P(class 1) per sample (binary) or class probabilities."""
         if self.task == "binary":
-            return outputs.sigmoid()
+            return outputs.squeeze(-1).sigmoid()
         if self.task == "multiclass":
             return outputs.softmax(dim=-1)
         return outputs
@@ -159,7 +159,7 @@ class Lesson(LightningModule):
         optimizer = self.optimizer_factory(self.parameters())
         if self.scheduler_factory is None:
             return optimizer
-        scheduler_class = _built_class(self.scheduler_factory)
+        scheduler_class = factory_class(self.scheduler_factory)
         kwargs = {}
         given = self.scheduler_factory.keywords if isinstance(self.scheduler_factory, functools.partial) else {}
         if scheduler_class is not None and issubclass(scheduler_class, OneCycleLR):

@@ -1,0 +1,71 @@
+"""Every shipped YAML parses, instantiates, and configures what its name says (in the spirit of LitGPT's config hub test)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+from lightning.pytorch import LightningDataModule
+
+from gpu_lessons import data, models
+from gpu_lessons.cli import LessonCLI
+from gpu_lessons.models.base import Lesson, factory_class
+
+from .conftest import CONFIGS
+
+# config name -> (lesson class, datamodule class, what else the config must say)
+EXPECTED = {
+    "regression": (models.RegressionLesson, data.LineDataModule, {"model.init_args.activation": "relu"}),
+    "activations": (models.RegressionLesson, data.CurveDataModule, {}),
+    "classifier": (models.BlobClassifierLesson, data.BlobsDataModule, {"data.init_args.seed": 42}),
+    "mlp": (models.MLPLesson, data.MNISTDataModule, {"trainer.max_epochs": 5}),
+    "cnn": (models.CNNLesson, data.MNISTDataModule, {"trainer.max_epochs": 5}),
+    "overfit": (models.DropoutLesson, data.RandomFeaturesDataModule, {"model.init_args.dropout": 0.0, "data.init_args.labels": "noise", "data.init_args.num_train": 20}),
+    "dropout": (models.DropoutLesson, data.RandomFeaturesDataModule, {"model.init_args.dropout": 0.5, "data.init_args.labels": "pattern", "data.init_args.num_train": 200}),
+    "step_lr": (models.SchedulerLesson, data.RandomFeaturesDataModule, {"model.init_args.scheduler.class_path": "torch.optim.lr_scheduler.StepLR", "model.init_args.scheduler.init_args.step_size": 2, "model.init_args.scheduler.init_args.gamma": 0.5}),
+    "plateau": (models.SchedulerLesson, data.RandomFeaturesDataModule, {"model.init_args.scheduler.class_path": "torch.optim.lr_scheduler.ReduceLROnPlateau", "model.init_args.scheduler.init_args.patience": 2}),
+}
+
+CONFIG_FILES = sorted(CONFIGS.glob("*.yaml"))
+
+
+def _lookup(tree: dict, dotted: str):
+    for key in dotted.split("."):
+        tree = tree[key]
+    return tree
+
+
+def test_every_config_is_known_and_every_lesson_has_a_config() -> None:
+    assert {p.stem for p in CONFIG_FILES} >= set(EXPECTED)
+    unknown = {p.stem for p in CONFIG_FILES} - set(EXPECTED)
+    assert not unknown, f"add {unknown} to EXPECTED so the test checks what they configure"
+
+
+@pytest.mark.parametrize("path", CONFIG_FILES, ids=lambda p: p.stem)
+def test_config_instantiates_what_it_configures(path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    raw = yaml.safe_load(path.read_text())
+    assert raw["trainer"]["accelerator"] == "gpu"
+    lesson_class, datamodule_class, expected = EXPECTED[path.stem]
+    for key, value in expected.items():
+        assert _lookup(raw, key) == value, key
+
+    cli = LessonCLI(args=["--config", str(path)], run=False)
+    assert type(cli.model) is lesson_class and isinstance(cli.model, Lesson)
+    assert type(cli.datamodule) is datamodule_class and isinstance(cli.datamodule, LightningDataModule)
+    assert cli.trainer.max_epochs == raw["trainer"]["max_epochs"]
+    checkpoint = cli.trainer.checkpoint_callback
+    assert Path(checkpoint.dirpath) == tmp_path / "checkpoints" / path.stem
+    assert cli.trainer.logger.name == path.stem
+    # the optimizer and scheduler the YAML names are the ones the lesson will build
+    optimizer_spec = raw["model"]["init_args"]["optimizer"]
+    optimizer = cli.model.optimizer_factory(cli.model.parameters())
+    assert f"{type(optimizer).__module__}.{type(optimizer).__name__}".endswith(optimizer_spec["class_path"].rsplit(".", 1)[-1])
+    assert optimizer.defaults["lr"] == optimizer_spec["init_args"]["lr"]
+    scheduler_spec = raw["model"]["init_args"].get("scheduler")
+    scheduler_class = factory_class(cli.model.scheduler_factory)
+    if scheduler_spec is None:
+        assert scheduler_class is None
+    else:
+        assert scheduler_class.__name__ == scheduler_spec["class_path"].rsplit(".", 1)[-1]

@@ -1,0 +1,81 @@
+"""Each synthetic lesson reaches the course's result with its shipped config (run through the CLI, on CPU)."""
+
+from __future__ import annotations
+
+import pytest
+
+from .helpers import logged, metric, predict, run
+
+
+@pytest.fixture(autouse=True)
+def _in_tmp(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # checkpoints/ and lightning_logs/ land in a scratch folder
+
+
+def test_regression_generalises_the_line_to_unseen_points() -> None:
+    cli = run("fit", "regression")
+    predictions = predict(cli, [[6.0], [7.0], [10.0]]).squeeze(1)
+    assert predictions.tolist() == pytest.approx([13.0, 15.0, 21.0], abs=0.05)
+
+
+def test_activation_lets_the_same_network_fit_a_curve() -> None:
+    with_relu = metric(run("fit", "activations", "--model.init_args.activation", "relu"), "val/mse")
+    straight = metric(run("fit", "activations", "--model.init_args.activation", "none"), "val/mse")
+    assert with_relu * 10 <= straight
+    assert straight > 0.3  # a line cannot follow x² on [-2, 2]
+
+
+def test_classifier_separates_the_blobs_and_classifies_the_course_points() -> None:
+    cli = run("fit", "classifier")
+    cli.trainer.validate(cli.model, dataloaders=cli.datamodule.train_dataloader(), verbose=False)
+    assert metric(cli, "val/acc") == 1.0  # training accuracy, measured in eval mode
+    probabilities = predict(cli, [[2.0, 2.0], [6.0, 6.0], [1.5, 1.8], [5.5, 6.2]])
+    assert (probabilities > 0.5).long().tolist() == [0, 1, 0, 1]
+    assert probabilities[0] < 0.01 and probabilities[1] > 0.99
+
+
+def test_overfit_memorises_noise_but_stays_near_chance_on_new_samples() -> None:
+    cli = run("fit", "overfit")
+    cli.trainer.validate(cli.model, dataloaders=cli.datamodule.train_dataloader(), verbose=False)
+    assert metric(cli, "val/acc") == 1.0
+    cli.trainer.test(cli.model, datamodule=cli.datamodule, verbose=False)
+    assert 0.35 <= metric(cli, "test/acc") <= 0.65
+
+
+@pytest.mark.parametrize("dropout", ["0.5", "0.0"])
+def test_a_real_pattern_generalises_with_and_without_dropout(dropout: str) -> None:
+    cli = run("fit", "dropout", "--model.init_args.dropout", dropout)
+    cli.trainer.test(cli.model, datamodule=cli.datamodule, verbose=False)
+    assert metric(cli, "test/acc") >= 0.95
+
+
+def test_step_lr_halves_the_rate_every_two_epochs() -> None:
+    cli = run("fit", "step_lr")
+    assert logged(cli, "lr-Adam") == pytest.approx([0.1, 0.1, 0.05, 0.05, 0.025, 0.025])
+    # the course prints the LR after each scheduler step: one step ahead of the one in effect
+    assert cli.model.optimizers().param_groups[0]["lr"] == pytest.approx(0.0125)
+
+
+def test_plateau_keeps_the_rate_while_the_loss_improves() -> None:
+    cli = run("fit", "plateau")
+    losses = logged(cli, "train/loss")
+    assert losses[-1] < losses[0] / 2
+    assert logged(cli, "lr-Adam") == pytest.approx([0.1] * 20)
+
+
+def test_plateau_halves_the_rate_after_patience_epochs_without_improvement() -> None:
+    # An LR this small cannot move the loss: every epoch after the first is a plateau epoch.
+    cli = run(
+        "fit", "plateau",
+        "--model.init_args.optimizer.init_args.lr", "1e-12",
+        "--trainer.max_epochs", "8",
+    )
+    lrs = logged(cli, "lr-Adam")
+    # epoch 1 sets the best loss; epochs 2-4 do not improve -> after epoch 4 (> patience 2) the LR halves
+    assert lrs == pytest.approx([1e-12] * 4 + [5e-13] * 3 + [2.5e-13], rel=1e-6)
+
+
+def test_plateau_on_a_validation_metric_falls_back_to_training_loss_without_validation() -> None:
+    cli = run("fit", "plateau", "--model.init_args.monitor", "val/loss", "--trainer.limit_val_batches", "0")
+    scheduler_config = cli.trainer.lr_scheduler_configs[0]
+    assert scheduler_config.monitor == "train/loss"
