@@ -28,6 +28,7 @@ from gpu_lessons.data.mnist import DatasetMissingError
 from gpu_lessons.models.base import Lesson
 
 _GPU_ACCELERATORS = ("gpu", "cuda")
+_LOGGER_DEFAULT_NAME = "lightning_logs"  # TensorBoardLogger's and CSVLogger's own default for ``name``
 
 
 class UserError(Exception):
@@ -93,6 +94,10 @@ class LessonCLI(LightningCLI):
                 "checkpoint.save_last": True,
                 "checkpoint.filename": "epoch{epoch:03d}-val_loss{val/loss:.4f}",
                 "checkpoint.auto_insert_metric_name": False,
+                "trainer.logger": {
+                    "class_path": "lightning.pytorch.loggers.TensorBoardLogger",
+                    "init_args": {"save_dir": "lightning_logs"},
+                },
             }
         )
 
@@ -107,11 +112,9 @@ class LessonCLI(LightningCLI):
             raise UserError(f"--ckpt_path {ckpt_path}: no such checkpoint file")
         if config.checkpoint.dirpath is None:
             config.checkpoint.dirpath = os.path.join("checkpoints", run_name)
-        if config.trainer.logger in (None, True):
-            config.trainer.logger = Namespace(
-                class_path="lightning.pytorch.loggers.TensorBoardLogger",
-                init_args=Namespace(save_dir="lightning_logs", name=run_name),
-            )
+        logger = config.trainer.logger
+        if isinstance(logger, Namespace) and logger.init_args.get("name") == _LOGGER_DEFAULT_NAME:
+            logger.init_args.name = run_name
 
     def _resolve_accelerator(self, config: Namespace) -> None:
         accelerator = config.trainer.accelerator

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import sys
+from unittest import mock
+
 import torch
 
 from gpu_lessons.cli import LessonCLI, cli_main
@@ -13,7 +16,9 @@ QUIET = ["--trainer.enable_progress_bar", "false", "--trainer.enable_model_summa
 
 def run(subcommand: str, config: str, *extra: str) -> LessonCLI:
     """``python -m gpu_lessons <subcommand> --config configs/<config>.yaml <extra>``, in the current directory."""
-    cli = cli_main([subcommand, "--config", str(CONFIGS / f"{config}.yaml"), *QUIET, *extra])
+    # pytest's own argv would make LightningCLI warn that both args and sys.argv were given
+    with mock.patch.object(sys, "argv", ["gpu_lessons"]):
+        cli = cli_main([subcommand, "--config", str(CONFIGS / f"{config}.yaml"), *QUIET, *extra])
     assert cli is not None
     return cli
 

@@ -1,0 +1,147 @@
+"""The CLI end to end: fit -> checkpoint -> test -> load in another process; logs, help, GPU fallback, errors."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+from unittest import mock
+
+import pytest
+import torch
+
+from gpu_lessons import cli as cli_module
+from gpu_lessons.models import MLPLesson
+
+from .conftest import CONFIGS, REPO
+from .helpers import metric, run
+
+TINY = ["--trainer.max_epochs", "2", "--data.init_args.val_size", "100", "--data.init_args.download", "false"]
+
+
+@pytest.fixture
+def workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+def test_fit_checkpoint_test_and_load_elsewhere(workdir: Path, tiny_mnist: Path) -> None:
+    data = ["--data.init_args.data_dir", str(tiny_mnist)]
+    fitted = run("fit", "mlp", *TINY, *data)
+    checkpoints = sorted(p.name for p in (workdir / "checkpoints" / "mlp").iterdir())
+    assert "last.ckpt" in checkpoints and len(checkpoints) == 2  # best on val/loss + last
+    # OneCycleLR got its total steps from the trainer and steps every batch
+    scheduler_config = fitted.trainer.lr_scheduler_configs[0]
+    assert scheduler_config.interval == "step"
+    assert scheduler_config.scheduler.total_steps == fitted.trainer.estimated_stepping_batches == 2 * 4  # 500 images, batch 128
+
+    fitted.trainer.test(fitted.model, datamodule=fitted.datamodule, verbose=False)
+    accuracy_after_fit = metric(fitted, "test/acc")
+    tested = run("test", "mlp", *TINY, *data, "--ckpt_path", "checkpoints/mlp/last.ckpt")
+    assert metric(tested, "test/acc") == accuracy_after_fit
+
+    # A fresh process with no CLI loads the checkpoint and predicts exactly what the trained model predicts.
+    images = torch.randn(16, 1, 28, 28, generator=torch.Generator().manual_seed(0))
+    torch.save(images, workdir / "images.pt")
+    script = (
+        "import torch; torch.set_num_threads(1)\n"
+        "from gpu_lessons.models import MLPLesson\n"
+        "model = MLPLesson.load_from_checkpoint('checkpoints/mlp/last.ckpt', map_location='cpu').eval()\n"
+        "with torch.no_grad(): torch.save(model.predict_step(torch.load('images.pt'), 0), 'predictions.pt')\n"
+    )
+    subprocess.run([sys.executable, "-c", script], check=True, cwd=workdir)
+    model = fitted.model.eval().cpu()
+    with torch.no_grad():
+        expected = model.predict_step(images, 0)
+    assert torch.equal(torch.load(workdir / "predictions.pt"), expected)
+    assert isinstance(MLPLesson.load_from_checkpoint(workdir / "checkpoints/mlp/last.ckpt"), MLPLesson)
+
+
+def test_every_run_gets_its_own_log_folder_with_its_config(workdir: Path) -> None:
+    for version in range(2):  # re-running must not fail on an existing config.yaml
+        run("fit", "step_lr", "--trainer.max_epochs", "1")
+        assert (workdir / "lightning_logs" / "step_lr" / f"version_{version}" / "config.yaml").is_file()
+
+
+def test_config_is_never_overwritten_in_a_fixed_log_folder(workdir: Path) -> None:
+    fixed = ["--trainer.max_epochs", "1", "--trainer.logger.init_args.version", "fixed"]
+    run("fit", "step_lr", *fixed)
+    first = (workdir / "lightning_logs/step_lr/fixed/config.yaml").read_bytes()
+    run("fit", "step_lr", *fixed)
+    assert (workdir / "lightning_logs/step_lr/fixed/config.yaml").read_bytes() == first
+    assert (workdir / "lightning_logs/step_lr/fixed/config-1.yaml").is_file()
+
+
+def test_run_name_names_the_folders(workdir: Path) -> None:
+    run("fit", "step_lr", "--trainer.max_epochs", "1", "--run_name", "my_experiment")
+    assert (workdir / "checkpoints" / "my_experiment" / "last.ckpt").is_file()
+    assert (workdir / "lightning_logs" / "my_experiment" / "version_0").is_dir()
+
+
+def test_gpu_config_falls_back_to_cpu_with_one_line_saying_why(
+    workdir: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    cli = run("fit", "step_lr", "--trainer.max_epochs", "1")
+    assert cli.trainer.accelerator.__class__.__name__ == "CPUAccelerator"
+    lines = [line for line in capsys.readouterr().err.splitlines() if "gpu_lessons:" in line]
+    assert len(lines) == 1
+    assert "'gpu' -> 'cpu'" in lines[0] and "--strict_accelerator true" in lines[0]
+
+
+def test_strict_accelerator_turns_the_fallback_into_a_clear_error(
+    workdir: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(SystemExit) as exit_info:
+        run("fit", "step_lr", "--strict_accelerator", "true")
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: accelerator 'gpu' was requested") and "Traceback" not in err
+    assert not (workdir / "lightning_logs").exists()
+
+
+def test_the_fallback_reason_tells_cpu_only_builds_from_missing_drivers(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.version, "cuda", None)
+    assert "no CUDA support" in cli_module.cuda_unavailable_reason()
+    monkeypatch.setattr(torch.version, "cuda", "12.4")
+    assert "sees no GPU" in cli_module.cuda_unavailable_reason()
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert cli_module.cuda_unavailable_reason() is None
+
+
+def test_missing_checkpoint_is_reported_before_anything_is_built(workdir: Path, capsys: pytest.CaptureFixture) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        run("test", "classifier", "--ckpt_path", "checkpoints/classifier/nope.ckpt")
+    assert exit_info.value.code == 2
+    assert "error: --ckpt_path checkpoints/classifier/nope.ckpt: no such checkpoint file" in capsys.readouterr().err
+
+
+def test_missing_mnist_is_one_error_line(workdir: Path, capsys: pytest.CaptureFixture) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        run("fit", "cnn", "--data.init_args.data_dir", str(workdir / "empty"), "--data.init_args.download", "false")
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "error: MNIST is not in" in err and "t10k-images-idx3-ubyte" in err
+
+
+def test_print_config_and_help(capsys: pytest.CaptureFixture) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        run("fit", "cnn", "--print_config")
+    assert exit_info.value.code == 0
+    printed = capsys.readouterr().out
+    assert "class_path: gpu_lessons.models.CNNLesson" in printed and "batch_size: 128" in printed
+
+    with pytest.raises(SystemExit), mock.patch.object(sys, "argv", ["gpu_lessons"]):
+        cli_module.cli_main(["fit", "--data.help", "gpu_lessons.data.MNISTDataModule"])
+    help_text = " ".join(capsys.readouterr().out.split())  # help is wrapped to the terminal's width
+    assert "Training images held out for validation (0 disables validation)" in help_text
+
+
+def test_python_dash_m_entry_point() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "gpu_lessons", "fit", "--config", str(CONFIGS / "regression.yaml"), "--print_config"],
+        capture_output=True, text=True, cwd=REPO, check=True,
+    )
+    assert "gpu_lessons.models.RegressionLesson" in result.stdout
