@@ -20,20 +20,21 @@ from typing import Any, Optional
 
 import torch
 from jsonargparse import Namespace
-from lightning.pytorch import LightningDataModule, Trainer
+from lightning.fabric.plugins import CheckpointIO
+from lightning.pytorch import Callback, LightningDataModule, LightningModule, Trainer
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-from gpu_lessons.data.mnist import DatasetMissingError
+from gpu_lessons.checkpointing import AtomicCheckpointIO, load_checkpoint
+from gpu_lessons.errors import CheckpointError, UserError
 from gpu_lessons.models.base import Lesson
+from gpu_lessons.pictures import LessonPictures
 
 _GPU_ACCELERATORS = ("gpu", "cuda")
 _LOGGER_DEFAULT_NAME = "lightning_logs"  # TensorBoardLogger's and CSVLogger's own default for ``name``
-
-
-class UserError(Exception):
-    """A problem with the user's input or machine, reported as one line without a traceback."""
-
+_LIGHTNING_CKPT_ALIASES = ("last", "best", "hpc", "registry")
+SIGTERM_EXIT_CODE = 143  # 128 + SIGTERM, what a shell reports for a process ended by SIGTERM
 
 def cuda_unavailable_reason() -> Optional[str]:
     """Why CUDA cannot be used here and how to fix it, or ``None`` when it can."""
@@ -63,6 +64,19 @@ class NonOverwritingSaveConfigCallback(SaveConfigCallback):
         super().setup(trainer, pl_module, stage)
 
 
+class CheckpointOnSigterm(Callback):
+    """When the run gets SIGTERM (a scheduler's or container's stop), save ``last.ckpt`` before exiting.
+
+    Lightning stops after the current batch; the checkpoint holds that exact point (RNG states and the position in
+    the epoch included), so ``fit --ckpt_path .../last.ckpt`` continues as if never stopped.
+    """
+
+    def on_exception(self, trainer: Trainer, pl_module: LightningModule, exception: BaseException) -> None:
+        checkpoint = trainer.checkpoint_callback
+        if isinstance(exception, SIGTERMException) and trainer.state.fn == "fit" and checkpoint is not None:
+            trainer.save_checkpoint(os.path.join(checkpoint.dirpath, "last.ckpt"))
+
+
 class LessonCLI(LightningCLI):
     """LightningCLI for the lessons; see the module docstring for what it adds."""
 
@@ -87,6 +101,7 @@ class LessonCLI(LightningCLI):
             "to the CPU.",
         )
         parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        parser.add_lightning_class_args(LessonPictures, "pictures")
         parser.set_defaults(
             {
                 "checkpoint.monitor": "val/loss",
@@ -107,14 +122,36 @@ class LessonCLI(LightningCLI):
         run_name = config.run_name or _default_run_name(config)
         config.run_name = run_name
         self._resolve_accelerator(config)
-        ckpt_path = config.get("ckpt_path")
-        if ckpt_path and ckpt_path not in ("last", "best", "hpc", "registry") and not Path(ckpt_path).is_file():
-            raise UserError(f"--ckpt_path {ckpt_path}: no such checkpoint file")
         if config.checkpoint.dirpath is None:
             config.checkpoint.dirpath = os.path.join("checkpoints", run_name)
+        if self.subcommand == "fit":
+            _ensure_writable(Path(config.checkpoint.dirpath), "checkpoints")
         logger = config.trainer.logger
         if isinstance(logger, Namespace) and logger.init_args.get("name") == _LOGGER_DEFAULT_NAME:
             logger.init_args.name = run_name
+
+    def _parse_ckpt_path(self) -> None:
+        """Check ``--ckpt_path`` before anything is built: it exists, loads safely, and belongs to this lesson."""
+        subcommand = self.config.get("subcommand")
+        config = self.config.get(subcommand) if subcommand else None
+        ckpt_path = config.get("ckpt_path") if config else None
+        if ckpt_path and ckpt_path not in _LIGHTNING_CKPT_ALIASES:
+            checkpoint = load_checkpoint(ckpt_path)
+            trained_by = checkpoint.get("hyper_parameters", {}).get("_class_path")
+            configured = config.model.class_path if config.get("model") else None
+            if trained_by and configured and trained_by != configured:
+                raise CheckpointError(
+                    f"{ckpt_path} was trained by {trained_by}, but the config's model is {configured}; "
+                    "use that lesson's config (or the matching checkpoint)"
+                )
+        super()._parse_ckpt_path()
+
+    def instantiate_classes(self) -> None:
+        """Build model, data and trainer; a constructor's ValueError about an argument is a user error."""
+        try:
+            super().instantiate_classes()
+        except ValueError as error:
+            raise UserError(f"invalid configuration: {error}") from None
 
     def _resolve_accelerator(self, config: Namespace) -> None:
         accelerator = config.trainer.accelerator
@@ -134,13 +171,29 @@ class LessonCLI(LightningCLI):
             config.trainer.devices = "auto"
 
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
-        """The configured trainer, plus a LearningRateMonitor whenever there is a logger to write to."""
+        """The configured trainer plus: atomic, weights-only checkpoint IO; a checkpoint on SIGTERM; and a
+        LearningRateMonitor whenever there is a logger to write to."""
         trainer_config = self._get(self.config_init, "trainer", default={})
+        callbacks = [*(trainer_config.get("callbacks") or []), CheckpointOnSigterm()]
         if trainer_config.get("logger") not in (None, False, []):
-            callbacks = list(trainer_config.get("callbacks") or [])
             if not any(isinstance(c, LearningRateMonitor) for c in callbacks):
-                kwargs["callbacks"] = [*callbacks, LearningRateMonitor(logging_interval="epoch")]
-        return super().instantiate_trainer(**kwargs)
+                callbacks.append(LearningRateMonitor(logging_interval="epoch"))
+        plugins = trainer_config.get("plugins") or []
+        plugins = list(plugins) if isinstance(plugins, (list, tuple)) else [plugins]
+        if not any(isinstance(p, CheckpointIO) for p in plugins):
+            plugins.append(AtomicCheckpointIO())
+        return super().instantiate_trainer(callbacks=callbacks, plugins=plugins, **kwargs)
+
+
+def _ensure_writable(folder: Path, what: str) -> None:
+    """Fail now, not after training, if ``folder`` cannot be created or written."""
+    existing = folder
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise UserError(f"cannot write {what} to {folder}: {existing} is a file, not a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise UserError(f"cannot write {what} to {folder}: {existing} is not writable")
 
 
 def _default_run_name(config: Namespace) -> str:
@@ -155,9 +208,12 @@ def cli_main(args: Optional[list[str]] = None) -> Optional[LessonCLI]:
     """Run the CLI (``args`` instead of ``sys.argv`` lets tests drive it in-process)."""
     try:
         return LessonCLI(args=args)
-    except (UserError, DatasetMissingError) as error:
+    except UserError as error:
         sys.stderr.write(f"error: {error}\n")
-        raise SystemExit(2) from None
+        raise SystemExit(error.exit_code) from None
+    except SIGTERMException:
+        sys.stderr.write("stopped by SIGTERM; last.ckpt was saved: resume with `fit --ckpt_path <checkpoints>/last.ckpt`\n")
+        raise SystemExit(SIGTERM_EXIT_CODE) from None
 
 
 if __name__ == "__main__":

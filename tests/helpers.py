@@ -41,3 +41,45 @@ def logged(cli: LessonCLI, tag: str) -> list[float]:
     events = EventAccumulator(cli.trainer.logger.log_dir)
     events.Reload()
     return [event.value for event in events.Scalars(tag)]
+
+
+# --- callbacks that break a run on purpose (used as ``--trainer.callbacks+=tests.helpers.<Name>``) ---------------
+
+import os  # noqa: E402
+import signal  # noqa: E402
+
+from lightning.pytorch import Callback  # noqa: E402
+
+
+class KillAtEpochStart(Callback):
+    """SIGKILL this process when ``epoch`` starts: the previous epoch's checkpoint is on disk, nothing else is."""
+
+    def __init__(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def on_train_epoch_start(self, trainer, pl_module) -> None:
+        if trainer.current_epoch == self.epoch:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+
+class SigtermAtStep(Callback):
+    """Send this process SIGTERM after optimizer step ``step`` (mid-epoch when steps per epoch > 1)."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if trainer.global_step == self.step:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+
+class PoisonWeightsAtStep(Callback):
+    """Set a weight to NaN just before optimizer step ``step`` (0-based), so that step's loss is NaN."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if trainer.global_step == self.step:
+            with torch.no_grad():
+                next(pl_module.net.parameters()).view(-1)[0] = float("nan")

@@ -16,7 +16,10 @@ from gpu_lessons.models import MLPLesson
 from .conftest import CONFIGS, REPO
 from .helpers import metric, run
 
-TINY = ["--trainer.max_epochs", "2", "--data.init_args.val_size", "100", "--data.init_args.download", "false"]
+TINY = [
+    "--trainer.max_epochs", "2", "--data.init_args.val_size", "100", "--data.init_args.download", "false",
+    "--data.init_args.batch_size", "128",
+]
 
 
 @pytest.fixture
@@ -115,7 +118,7 @@ def test_missing_checkpoint_is_reported_before_anything_is_built(workdir: Path, 
     with pytest.raises(SystemExit) as exit_info:
         run("test", "classifier", "--ckpt_path", "checkpoints/classifier/nope.ckpt")
     assert exit_info.value.code == 2
-    assert "error: --ckpt_path checkpoints/classifier/nope.ckpt: no such checkpoint file" in capsys.readouterr().err
+    assert "error: checkpoints/classifier/nope.ckpt: no such checkpoint file" in capsys.readouterr().err
 
 
 def test_missing_mnist_is_one_error_line(workdir: Path, capsys: pytest.CaptureFixture) -> None:
@@ -131,7 +134,7 @@ def test_print_config_and_help(capsys: pytest.CaptureFixture) -> None:
         run("fit", "cnn", "--print_config")
     assert exit_info.value.code == 0
     printed = capsys.readouterr().out
-    assert "class_path: gpu_lessons.models.CNNLesson" in printed and "batch_size: 128" in printed
+    assert "class_path: gpu_lessons.models.CNNLesson" in printed and "batch_size: 512" in printed
 
     with pytest.raises(SystemExit), mock.patch.object(sys, "argv", ["gpu_lessons"]):
         cli_module.cli_main(["fit", "--data.help", "gpu_lessons.data.MNISTDataModule"])

@@ -90,6 +90,8 @@ class TensorBatches:
         self.sampler = sampler or EpochPermutation(len(tensors[0]), shuffle=False)
         self.batch_size = batch_size or max(len(self.sampler), 1)
         self.drop_last = drop_last
+        self._yielded = 0  # batches handed out in the current epoch
+        self._resume_at = 0  # batches to skip in the next epoch (set by load_state_dict)
 
     def __len__(self) -> int:
         rounding = math.floor if self.drop_last else math.ceil
@@ -97,6 +99,22 @@ class TensorBatches:
 
     def __iter__(self) -> Iterator[tuple[Tensor, ...]]:
         order = self.sampler.indices().to(self.tensors[0].device, non_blocking=True)
-        for start in range(0, len(self) * self.batch_size, self.batch_size):
+        first, self._resume_at = self._resume_at, 0
+        self._yielded = first
+        for start in range(first * self.batch_size, len(self) * self.batch_size, self.batch_size):
             index = order[start : start + self.batch_size]
+            self._yielded += 1
             yield tuple(tensor[index] for tensor in self.tensors)
+
+    def state_dict(self) -> dict[str, int]:
+        """Where training is in the epoch, so a checkpoint taken mid-epoch resumes at the next unseen batch.
+
+        Lightning fetches no batch ahead from a loader that has a length, so every batch handed out by the time a
+        checkpoint is taken has been trained on.
+        """
+        return {"epoch": self.sampler.epoch, "batches_trained": self._yielded}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        """Skip the batches a resumed epoch has already trained on (the order comes back from the epoch's seed)."""
+        self.sampler.set_epoch(state["epoch"])
+        self._resume_at = state["batches_trained"] % max(len(self), 1)

@@ -12,6 +12,7 @@ from torch.utils.data import DataLoader, Subset
 from torchvision import datasets, transforms
 
 from gpu_lessons.data.tensor_datamodule import Split, TensorDataModule
+from gpu_lessons.errors import DatasetMissingError
 
 Dataset = Literal["mnist", "fashion_mnist"]
 
@@ -20,10 +21,6 @@ _DATASETS: dict[str, tuple[type[datasets.MNIST], float, float]] = {
     "mnist": (datasets.MNIST, 0.1307, 0.3081),
     "fashion_mnist": (datasets.FashionMNIST, 0.2860, 0.3530),
 }
-
-
-class DatasetMissingError(RuntimeError):
-    """The dataset's files are not on disk and could not be downloaded."""
 
 
 class MNISTDataModule(TensorDataModule):
@@ -70,6 +67,7 @@ class MNISTDataModule(TensorDataModule):
         if num_workers < 0:
             raise ValueError(f"num_workers must be >= 0, got {num_workers}")
         self.save_hyperparameters()
+        self.hparams.data_dir = str(data_dir)  # plain data, so checkpoints stay loadable with weights_only=True
         self.data_dir = Path(data_dir)
         self.dataset_class, self.mean, self.std = _DATASETS[dataset]
         self._torchvision_splits: dict[str, Any] = {}

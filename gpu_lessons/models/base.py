@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import functools
+import os
+import random
 from typing import Any, Literal, Optional
 
 import torch
@@ -14,10 +16,17 @@ from torch.optim.lr_scheduler import CyclicLR, OneCycleLR, ReduceLROnPlateau
 from torchmetrics import MaxMetric, MeanSquaredError, Metric, MinMetric
 from torchmetrics.classification import Accuracy
 
+from gpu_lessons.checkpointing import load_checkpoint
+from gpu_lessons.errors import CheckpointError, NonFiniteLossError, UserError
+
 Task = Literal["regression", "binary", "multiclass"]
 
 # Schedulers that are designed to move the learning rate every optimizer step, not every epoch.
 _PER_STEP_SCHEDULERS = (OneCycleLR, CyclicLR)
+
+# On an accelerator, reading the loss back every step would stall the pipeline; the first non-finite step is
+# recorded on the device and read back this often (and always before a checkpoint is written).
+_FINITE_CHECK_INTERVAL = 32
 
 
 def factory_class(factory: Any) -> Optional[type]:
@@ -68,6 +77,8 @@ class Lesson(LightningModule):
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
         self.monitor = monitor
+        self._first_nonfinite_step: Optional[Tensor] = None
+        self._check_optimizer_arguments()
 
         if task == "regression":
             self.loss_fn: nn.Module = nn.MSELoss()
@@ -92,6 +103,27 @@ class Lesson(LightningModule):
         self.train_metric = make_metric()
         self.val_metric = make_metric()
         self.test_metric = make_metric()
+
+    @classmethod
+    def load_from_checkpoint(cls, checkpoint_path: Any, map_location: Any = None, **kwargs: Any) -> "Lesson":
+        """Lightning's ``load_from_checkpoint``, always with ``weights_only=True``.
+
+        A checkpoint that holds anything but tensors and plain data is refused with a
+        :class:`~gpu_lessons.errors.CheckpointError` and nothing in it runs, whatever
+        ``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD`` says.
+        """
+        if kwargs.pop("weights_only", True) is not True:
+            raise CheckpointError("gpu_lessons loads checkpoints with weights_only=True only")
+        if isinstance(checkpoint_path, (str, os.PathLike)):
+            load_checkpoint(checkpoint_path)  # a clear error for unsafe, truncated or foreign files
+        return super().load_from_checkpoint(checkpoint_path, map_location=map_location, weights_only=True, **kwargs)
+
+    def _check_optimizer_arguments(self) -> None:
+        """Build the optimizer once on a dummy parameter, so a bad lr fails now, before data and trainer exist."""
+        try:
+            self.optimizer_factory([nn.Parameter(torch.zeros(1))])
+        except (ValueError, TypeError) as error:
+            raise UserError(f"invalid optimizer arguments: {error}") from None
 
     def forward(self, x: Tensor) -> Tensor:
         """The plain network's output: predictions for regression, logits for classification."""
@@ -125,10 +157,66 @@ class Lesson(LightningModule):
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
         """One optimisation step; logs the epoch's mean loss and metric (no per-step host sync)."""
         loss, preds, targets = self.model_step(batch)
+        self._guard_finite(loss, batch_idx)
         self.train_metric(preds, targets)
         self.log("train/loss", loss, on_step=False, on_epoch=True, prog_bar=True)
         self.log(f"train/{self.metric_name}", self.train_metric, on_step=False, on_epoch=True, prog_bar=True)
         return loss
+
+    def _guard_finite(self, loss: Tensor, batch_idx: int) -> None:
+        """Stop at the first non-finite loss, naming the step, instead of training on NaNs."""
+        bad = ~torch.isfinite(loss.detach())
+        step = self.global_step + 1  # 1-based: the step whose loss this is
+        if self.device.type == "cpu":  # reading a CPU value back costs nothing
+            if bad:
+                raise NonFiniteLossError(self._nonfinite_message(f"{loss.item()}", step, batch_idx))
+            return
+        if self._first_nonfinite_step is None:
+            self._first_nonfinite_step = torch.zeros((), dtype=torch.long, device=self.device)
+        first = self._first_nonfinite_step
+        first.copy_(torch.where(bad & (first == 0), step, first))
+        if step % _FINITE_CHECK_INTERVAL == 0:
+            self._raise_if_nonfinite_seen()
+
+    def _raise_if_nonfinite_seen(self) -> None:
+        if self._first_nonfinite_step is not None and (step := int(self._first_nonfinite_step)) > 0:
+            raise NonFiniteLossError(self._nonfinite_message("NaN or infinite", step, None))
+
+    def _nonfinite_message(self, value: str, step: int, batch_idx: Optional[int]) -> str:
+        where = f"step {step} (epoch {self.current_epoch}" + (f", batch {batch_idx})" if batch_idx is not None else ")")
+        return (
+            f"the training loss became {value} at {where}; training stopped and no checkpoint with non-finite "
+            "weights was written. Lower the learning rate or check the data for NaN/inf values."
+        )
+
+    def on_train_epoch_end(self) -> None:
+        """Catch a non-finite loss an accelerator recorded since the last check."""
+        self._raise_if_nonfinite_seen()
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Refuse to save non-finite weights; store the RNG states so a resumed run draws the same dropout masks."""
+        self._raise_if_nonfinite_seen()
+        for name, tensor in checkpoint["state_dict"].items():
+            if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+                raise NonFiniteLossError(
+                    f"weight {name} became NaN or infinite by step {self.global_step}; no checkpoint was written. "
+                    "Lower the learning rate or check the data for NaN/inf values."
+                )
+        checkpoint["rng_states"] = {
+            "torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else [],
+            "python": random.getstate(),
+        }
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """When resuming a fit, continue the random streams exactly where the checkpoint left them."""
+        states = checkpoint.get("rng_states")
+        if states is None or self._trainer is None or self._trainer.state.fn != "fit":
+            return  # plain loading (load_from_checkpoint, test, predict) leaves the global RNG alone
+        torch.set_rng_state(states["torch"])
+        if states["cuda"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(states["cuda"])
+        random.setstate(states["python"])
 
     def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
         """Accumulates the validation loss and metric."""

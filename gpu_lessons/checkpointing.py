@@ -1,0 +1,92 @@
+"""Checkpoints that are written atomically and loaded without ever running code from them."""
+
+from __future__ import annotations
+
+import os
+import pickle
+import secrets
+import zipfile
+from pathlib import Path
+from typing import Any, Optional, Union
+
+import torch
+from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
+
+from gpu_lessons.errors import CheckpointError
+
+PathLike = Union[str, Path]
+
+
+def load_checkpoint(path: PathLike, map_location: Any = "cpu") -> dict[str, Any]:
+    """Load a checkpoint with ``weights_only=True``: tensors and plain data only, never pickled code.
+
+    Passing ``weights_only`` explicitly also overrides ``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1``.
+    Raises :class:`CheckpointError` with what is wrong instead of torch's unpickling traceback.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such checkpoint file")
+    if not zipfile.is_zipfile(path):  # torch.save's format; a truncated file loses its zip directory
+        raise CheckpointError(f"{path} is not a readable PyTorch checkpoint (truncated, or another kind of file)")
+    try:
+        checkpoint = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as error:
+        reason = str(error).strip().splitlines()[0]
+        raise CheckpointError(
+            f"{path}: refusing to load it: it holds Python objects other than tensors and plain data, which could "
+            f"run code when unpickled ({reason})"
+        ) from None
+    except Exception as error:  # a damaged archive fails in many ways; all mean the same to the user
+        raise CheckpointError(f"{path} is not a readable PyTorch checkpoint ({type(error).__name__}: {error})") from None
+    if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
+        raise CheckpointError(f"{path} is a PyTorch file but not a Lightning checkpoint (it has no state_dict)")
+    return checkpoint
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Lightning's checkpoint IO with two guarantees.
+
+    * Saving never leaves a partial file where a good checkpoint was: the bytes go to a temporary file in the
+      *same folder* (so the final rename cannot turn into a cross-filesystem copy), are fsynced, and then
+      ``os.replace`` swaps the file in one step. Temporary files left by a killed process are removed by the next save.
+    * Loading uses :func:`load_checkpoint` (``weights_only=True``).
+    """
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: PathLike, storage_options: Optional[Any] = None) -> None:
+        if storage_options is not None:
+            raise TypeError(f"{type(self).__name__} does not support storage_options")
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        prefix = f".{path.name}."
+        for stale in path.parent.glob(f"{prefix}*.tmp"):
+            stale.unlink(missing_ok=True)
+        temp_name = path.parent / f"{prefix}{secrets.token_hex(6)}.tmp"
+        # os.open rather than mkstemp: mkstemp's files are owner-only (0600); checkpoints get the usual umask bits
+        fd = os.open(temp_name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+        try:
+            with os.fdopen(fd, "wb") as file:
+                torch.save(checkpoint, file)
+                file.flush()
+                os.fsync(file.fileno())
+            os.replace(temp_name, path)
+        except BaseException:
+            Path(temp_name).unlink(missing_ok=True)
+            raise
+        _fsync_directory(path.parent)
+
+    def load_checkpoint(self, path: PathLike, map_location: Optional[Any] = None, weights_only: Optional[bool] = None) -> dict[str, Any]:
+        if weights_only is False:
+            raise CheckpointError("gpu_lessons loads checkpoints with weights_only=True only")
+        return load_checkpoint(path, map_location=map_location or "cpu")
+
+
+def _fsync_directory(folder: Path) -> None:
+    """Make the rename itself durable (a no-op where directories cannot be opened, e.g. Windows)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -1,0 +1,303 @@
+"""The guarantees in the README's "Guarantees" section, each proved here (processes that must die are subprocesses)."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from gpu_lessons.checkpointing import AtomicCheckpointIO, load_checkpoint
+from gpu_lessons.errors import CheckpointError
+from gpu_lessons.models import RegressionLesson
+
+from .conftest import CONFIGS, REPO
+from .helpers import QUIET, run
+
+# A lesson that shuffles (batch 32 of 200 samples) and uses dropout; validation every epoch.
+SHUFFLED_DROPOUT = [
+    "--config", str(CONFIGS / "dropout.yaml"), *QUIET,
+    "--data.init_args.batch_size", "32", "--trainer.check_val_every_n_epoch", "1", "--trainer.max_epochs", "4",
+]
+
+
+def cli_process(*args: str, cwd: Path, check_exit: int | None = 0) -> subprocess.CompletedProcess:
+    """``python -m gpu_lessons ...`` in a fresh single-threaded process."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    result = subprocess.run(
+        [sys.executable, "-m", "gpu_lessons", *args], cwd=cwd, env=env, capture_output=True, text=True
+    )
+    if check_exit is not None:
+        assert result.returncode == check_exit, result.stderr[-3000:]
+    return result
+
+
+def weights(path: Path) -> dict[str, torch.Tensor]:
+    return load_checkpoint(path)["state_dict"]
+
+
+def assert_bit_identical(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
+    assert a.keys() == b.keys()
+    for name in a:
+        assert torch.equal(a[name], b[name]), name
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory: pytest.TempPathFactory) -> dict[str, torch.Tensor]:
+    """Final weights of the shuffled dropout lesson trained without interruption."""
+    workdir = tmp_path_factory.mktemp("uninterrupted")
+    cli_process("fit", *SHUFFLED_DROPOUT, "--run_name", "run", cwd=workdir)
+    return weights(workdir / "checkpoints/run/last.ckpt")
+
+
+# 1. Resume is exact -------------------------------------------------------------------------------------------
+
+
+def test_resume_after_sigkill_is_bit_identical(tmp_path: Path, uninterrupted: dict) -> None:
+    killed = cli_process(
+        "fit", *SHUFFLED_DROPOUT, "--run_name", "run",
+        "--trainer.callbacks+=tests.helpers.KillAtEpochStart", "--trainer.callbacks.epoch", "2",
+        cwd=tmp_path, check_exit=None,
+    )
+    assert killed.returncode == -signal.SIGKILL
+    assert load_checkpoint(tmp_path / "checkpoints/run/last.ckpt")["epoch"] == 1
+    cli_process("fit", *SHUFFLED_DROPOUT, "--run_name", "run", "--ckpt_path", "checkpoints/run/last.ckpt", cwd=tmp_path)
+    assert_bit_identical(weights(tmp_path / "checkpoints/run/last.ckpt"), uninterrupted)
+
+
+# 3. SIGTERM saves and exits 143 (and a mid-epoch resume is exact too) ---------------------------------------------
+
+
+def test_sigterm_mid_epoch_saves_exits_143_and_resumes_exactly(tmp_path: Path, uninterrupted: dict) -> None:
+    stopped = cli_process(
+        "fit", *SHUFFLED_DROPOUT, "--run_name", "run",
+        "--trainer.callbacks+=tests.helpers.SigtermAtStep", "--trainer.callbacks.step", "10",  # 7 steps/epoch
+        cwd=tmp_path, check_exit=143,
+    )
+    assert "stopped by SIGTERM" in stopped.stderr
+    checkpoint = load_checkpoint(tmp_path / "checkpoints/run/last.ckpt")
+    assert checkpoint["global_step"] == 10 and checkpoint["epoch"] == 1  # mid-epoch: 3 of epoch 1's 7 batches
+    cli_process("fit", *SHUFFLED_DROPOUT, "--run_name", "run", "--ckpt_path", "checkpoints/run/last.ckpt", cwd=tmp_path)
+    assert_bit_identical(weights(tmp_path / "checkpoints/run/last.ckpt"), uninterrupted)
+
+
+# 2. Saves are atomic ----------------------------------------------------------------------------------------------
+
+SAVER = textwrap.dedent(
+    """
+    import sys, torch
+    from gpu_lessons.checkpointing import AtomicCheckpointIO
+    io, path = AtomicCheckpointIO(), sys.argv[1]
+    i = int(sys.argv[2])
+    while True:  # ~16 MB per save, each a consistent (counter, tensor filled with counter) pair
+        i += 1
+        io.save_checkpoint({"state_dict": {"w": torch.full((4_000_000,), float(i))}, "counter": i}, path)
+    """
+)
+
+
+def test_killing_saves_at_random_moments_never_loses_the_checkpoint(tmp_path: Path) -> None:
+    other_filesystem = Path("/dev/shm") if Path("/dev/shm").is_dir() else tmp_path / "elsewhere"
+    target = tmp_path / "ckpts" / "last.ckpt"
+    env = {**os.environ, "PYTHONPATH": str(REPO), "TMPDIR": str(other_filesystem)}
+    AtomicCheckpointIO().save_checkpoint({"state_dict": {"w": torch.zeros(1)}, "counter": 0}, target)
+    generator = torch.Generator().manual_seed(0)
+    for kill in range(20):
+        process = subprocess.Popen([sys.executable, "-c", SAVER, str(target), str(1000 * kill)], env=env)
+        time.sleep(1.0 + 0.6 * torch.rand((), generator=generator).item())  # import time + a random moment
+        process.kill()
+        process.wait()
+        checkpoint = load_checkpoint(target)  # always a complete, loadable file
+        assert torch.equal(checkpoint["state_dict"]["w"], torch.full_like(checkpoint["state_dict"]["w"], checkpoint["counter"]))
+        leftovers = list(target.parent.glob(".*.tmp"))
+        assert len(leftovers) <= 1  # at most the save the kill interrupted; the next save removes it
+    AtomicCheckpointIO().save_checkpoint({"state_dict": {}}, target)
+    assert sorted(p.name for p in target.parent.iterdir()) == ["last.ckpt"]
+
+
+# 4. No code runs from a checkpoint --------------------------------------------------------------------------------
+
+
+class Payload:
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (exec, (f"open({str(self.marker)!r}, 'w').write('code ran')",))
+
+
+@pytest.fixture
+def evil_checkpoint(tmp_path: Path) -> tuple[Path, Path]:
+    marker = tmp_path / "payload-ran"
+    path = tmp_path / "evil.ckpt"
+    torch.save({"state_dict": {}, "hyper_parameters": {"x": Payload(marker)}, "pytorch-lightning_version": "2.6.6"}, path)
+    return path, marker
+
+
+@pytest.mark.parametrize("force_unsafe", [False, True], ids=["default", "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1"])
+def test_a_pickle_payload_is_refused_and_never_runs(
+    evil_checkpoint, force_unsafe: bool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
+) -> None:
+    path, marker = evil_checkpoint
+    if force_unsafe:
+        monkeypatch.setenv("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")
+    monkeypatch.chdir(tmp_path)
+    for subcommand in ("test", "predict", "fit"):
+        with pytest.raises(SystemExit) as exit_info:
+            run(subcommand, "regression", "--ckpt_path", str(path))
+        assert exit_info.value.code == 2
+        assert "refusing to load it" in capsys.readouterr().err
+    with pytest.raises(CheckpointError, match="refusing to load it"):
+        RegressionLesson.load_from_checkpoint(path)
+    with pytest.raises(CheckpointError, match="refusing to load it"):
+        AtomicCheckpointIO().load_checkpoint(path)
+    assert not marker.exists()
+
+
+def test_every_checkpoint_the_package_writes_is_weights_only(tmp_path: Path, monkeypatch, tiny_mnist: Path) -> None:
+    monkeypatch.chdir(tmp_path)
+    run("fit", "step_lr", "--trainer.max_epochs", "2")
+    run("fit", "cnn", "--data.init_args.data_dir", str(tiny_mnist), "--data.init_args.val_size", "100",
+        "--trainer.max_epochs", "1")
+    # a lesson and DataModule built in Python (a Path data_dir, callables as optimizer) too
+    import lightning as L
+    from gpu_lessons.data import MNISTDataModule
+    from gpu_lessons.models import MLPLesson
+
+    trainer = L.Trainer(max_epochs=1, logger=False, enable_progress_bar=False, default_root_dir=tmp_path / "py",
+                        plugins=[AtomicCheckpointIO()])
+    trainer.fit(MLPLesson(), datamodule=MNISTDataModule(data_dir=tiny_mnist, val_size=100, download=False))
+    written = sorted(tmp_path.rglob("*.ckpt"))
+    assert len(written) >= 5
+    for path in written:
+        assert torch.serialization.get_unsafe_globals_in_checkpoint(path) == [], path
+
+
+# 5. Non-finite loss fails fast ------------------------------------------------------------------------------------
+
+
+def test_nan_loss_stops_at_its_step_and_never_reaches_a_checkpoint(tmp_path: Path, monkeypatch, capsys) -> None:
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as exit_info:
+        run("fit", "step_lr", "--trainer.callbacks+=tests.helpers.PoisonWeightsAtStep", "--trainer.callbacks.step", "3")
+    assert exit_info.value.code == 1
+    err = capsys.readouterr().err
+    assert "error: the training loss became nan at step 4 (epoch 3, batch 0)" in err and "Traceback" not in err
+    saved = sorted((tmp_path / "checkpoints/step_lr").glob("*.ckpt"))
+    assert saved, "the epochs before the NaN were checkpointed"
+    for path in saved:
+        checkpoint = load_checkpoint(path)
+        assert checkpoint["epoch"] <= 2
+        assert all(torch.isfinite(t).all() for t in checkpoint["state_dict"].values())
+
+
+# 6. Bad input: one clear message, non-zero exit, nothing overwritten -----------------------------------------------
+
+
+def _snapshot(folder: Path) -> dict[str, str]:
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def trained_workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A folder with real checkpoints and logs from earlier runs, which bad input must leave untouched."""
+    workdir = tmp_path_factory.mktemp("trained")
+    cwd = Path.cwd()
+    os.chdir(workdir)
+    try:
+        run("fit", "classifier", "--trainer.max_epochs", "5")
+        run("fit", "regression", "--trainer.max_epochs", "5")
+    finally:
+        os.chdir(cwd)
+    (workdir / "notes.txt").write_text("not a checkpoint\n")
+    torch.save(torch.zeros(3), workdir / "tensor.pt")
+    last = (workdir / "checkpoints/regression/last.ckpt").read_bytes()
+    (workdir / "truncated.ckpt").write_bytes(last[: len(last) // 2])
+    return workdir
+
+
+BAD_INPUTS = {
+    "unknown config key": (["fit", "classifier", "--model.init_args.nonsense", "1"], "nonsense"),
+    "wrong type": (["fit", "classifier", "--trainer.max_epochs", "ten"], "max_epochs"),
+    "unknown lesson class": (["fit", "classifier", "--model", "gpu_lessons.models.NoSuchLesson"], "NoSuchLesson"),
+    "invalid choice": (["fit", "regression", "--model.init_args.activation", "softplus"], "activation"),
+    "batch size 0": (["fit", "classifier", "--data.init_args.batch_size", "0"], "batch_size must be a positive integer"),
+    "negative lr": (["fit", "classifier", "--model.init_args.optimizer.init_args.lr", "-0.1"], "Invalid learning rate: -0.1"),
+    "dropout 1.5": (["fit", "dropout", "--model.init_args.dropout", "1.5"], "dropout must be a probability in [0, 1)"),
+    "noise < 0": (["fit", "regression", "--data.init_args.noise", "-1"], "noise must be >= 0"),
+    "missing config file": (["fit", "--config", "nope.yaml"], "nope.yaml"),
+    "missing ckpt_path": (["test", "regression", "--ckpt_path", "checkpoints/regression/gone.ckpt"], "no such checkpoint file"),
+    "truncated ckpt_path": (["test", "regression", "--ckpt_path", "truncated.ckpt"], "not a readable PyTorch checkpoint"),
+    "non-checkpoint text file": (["test", "regression", "--ckpt_path", "notes.txt"], "not a readable PyTorch checkpoint"),
+    "tensor file, not a checkpoint": (["test", "regression", "--ckpt_path", "tensor.pt"], "not a Lightning checkpoint"),
+    "foreign-lesson ckpt_path": (
+        ["test", "regression", "--ckpt_path", "checkpoints/classifier/last.ckpt"],
+        "was trained by gpu_lessons.models.BlobClassifierLesson, but the config's model is gpu_lessons.models.RegressionLesson",
+    ),
+    "missing MNIST offline": (["fit", "mlp", "--data.init_args.data_dir", "no_data", "--data.init_args.download", "false"], "MNIST is not in"),
+    "unwritable checkpoints folder": (["fit", "classifier", "--checkpoint.dirpath", "notes.txt/ckpts"], "notes.txt is a file, not a folder"),
+    "strict GPU on a CPU machine": (["fit", "classifier", "--strict_accelerator", "true"], "accelerator 'gpu' was requested"),
+    "unknown subcommand": (["train", "classifier"], "train"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_INPUTS), ids=list(BAD_INPUTS))
+def test_bad_input_is_one_clear_error_and_changes_nothing(case: str, trained_workdir: Path, monkeypatch, capsys) -> None:
+    args, expected = BAD_INPUTS[case]
+    monkeypatch.chdir(trained_workdir)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    if len(args) > 1 and not args[1].startswith("-"):  # a config name
+        args = [args[0], "--config", str(CONFIGS / f"{args[1]}.yaml"), *args[2:]]
+    before = _snapshot(trained_workdir)
+    with pytest.raises(SystemExit) as exit_info, pytest.MonkeyPatch.context() as patch:
+        patch.setattr(sys, "argv", ["gpu_lessons"])
+        from gpu_lessons.cli import cli_main
+
+        cli_main(args)
+    err = capsys.readouterr().err
+    assert exit_info.value.code not in (0, None)
+    assert "Traceback" not in err
+    assert "error:" in err and expected in err, err
+    assert _snapshot(trained_workdir) == before
+
+
+# 7. Reproducible --------------------------------------------------------------------------------------------------
+
+
+def test_same_seed_same_metrics_and_weights(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    args = ["--data.init_args.batch_size", "32", "--trainer.max_epochs", "3", "--trainer.check_val_every_n_epoch", "1"]
+    first, second = run("fit", "dropout", *args, "--run_name", "a"), run("fit", "dropout", *args, "--run_name", "b")
+    assert {k: float(v) for k, v in first.trainer.callback_metrics.items()} == {
+        k: float(v) for k, v in second.trainer.callback_metrics.items()
+    }
+    assert_bit_identical(first.model.state_dict(), second.model.state_dict())
+
+
+# 8. Distributed on an existing engine -----------------------------------------------------------------------------
+
+
+def test_ddp_on_two_cpu_processes_trains_and_tests_like_one_process(tmp_path: Path, tiny_mnist: Path) -> None:
+    common = [
+        "--config", str(CONFIGS / "mlp.yaml"), *QUIET,
+        "--data.init_args.data_dir", str(tiny_mnist), "--data.init_args.val_size", "100",
+        "--data.init_args.batch_size", "64", "--trainer.accelerator", "cpu",
+    ]
+    ddp = ["--trainer.devices", "2", "--trainer.strategy", "ddp"]
+    cli_process("fit", *common, *ddp, "--trainer.max_epochs", "2", cwd=tmp_path)
+    checkpoint = load_checkpoint(tmp_path / "checkpoints/mlp/last.ckpt")
+    assert checkpoint["global_step"] == 2 * (500 // 2 // 64 + 1)  # each rank: 250 samples, 4 batches per epoch
+    ddp_test = cli_process("test", *common, *ddp, "--ckpt_path", "checkpoints/mlp/last.ckpt", cwd=tmp_path)
+    single_test = cli_process("test", *common, "--trainer.devices", "1", "--ckpt_path", "checkpoints/mlp/last.ckpt", cwd=tmp_path)
+
+    def logged_accuracy(output: str) -> str:
+        return next(line.split()[-1] for line in output.splitlines() if "test/acc" in line)
+
+    assert logged_accuracy(ddp_test.stdout) == logged_accuracy(single_test.stdout)
