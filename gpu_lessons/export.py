@@ -1,0 +1,178 @@
+"""Plain weights (course step 11): a lesson checkpoint's network as a bare ``state_dict`` file.
+
+``python -m gpu_lessons.export --ckpt_path checkpoints/cnn/last.ckpt --output cnn.pth`` writes what the course's
+``torch.save(model.state_dict(), "cnn.pth")`` writes, so the network loads with torch alone:
+``net.load_state_dict(torch.load("cnn.pth", weights_only=True))``, into this package's class or the course's own
+(the parameter names are the course's).
+"""
+
+from __future__ import annotations
+
+import argparse
+import inspect
+import os
+import secrets
+import sys
+from pathlib import Path
+from typing import IO, Callable, Optional, Union
+
+import torch
+from torch import nn
+
+from gpu_lessons import models
+from gpu_lessons.checkpointing import load_checkpoint
+from gpu_lessons.errors import CheckpointError, UserError
+from gpu_lessons.models import Lesson
+
+PathLike = Union[str, os.PathLike]
+
+LESSONS: dict[str, type[Lesson]] = {
+    name: obj
+    for name, obj in vars(models).items()
+    if isinstance(obj, type) and issubclass(obj, Lesson) and obj is not Lesson
+}
+
+
+def load_lesson(checkpoint_path: PathLike, lesson_class: Optional[type[Lesson]] = None) -> Lesson:
+    """Load a lesson from a checkpoint with ``weights_only=True``, on the CPU.
+
+    Checkpoints written by ``python -m gpu_lessons`` record their lesson class; for one written from Python
+    (``trainer.save_checkpoint``), pass ``lesson_class``. Raises :class:`CheckpointError` for anything else.
+    """
+    checkpoint = load_checkpoint(checkpoint_path)  # missing, unreadable, unsafe or not Lightning's: a clear error
+    class_path = checkpoint.get("hyper_parameters", {}).get("_class_path")
+    if class_path is not None:
+        recorded = _imported_lesson_class(checkpoint_path, class_path)
+        if lesson_class is not None and not issubclass(recorded, lesson_class):
+            raise CheckpointError(f"{checkpoint_path} holds a {recorded.__name__}, not a {lesson_class.__name__}")
+        lesson_class = recorded
+    elif lesson_class is None:
+        raise CheckpointError(
+            f"{checkpoint_path} does not record its lesson class (it was not written by `python -m gpu_lessons`): "
+            "name it, e.g. --lesson CNNLesson or lesson_class=CNNLesson"
+        )
+    try:
+        return lesson_class.load_from_checkpoint(checkpoint_path, map_location="cpu", weights_only=True)
+    except RuntimeError as error:  # from load_state_dict: these weights are another network's
+        message = f"{checkpoint_path} does not hold a {lesson_class.__name__} ({_one_line(error)})"
+        raise CheckpointError(message) from error
+
+
+def save_plain_weights(net: nn.Module, output_path: PathLike, *, overwrite: bool = False) -> Path:
+    """Write ``net.state_dict()`` to ``output_path`` atomically: ``torch.save``, or safetensors for ``.safetensors``.
+
+    An existing file is only replaced with ``overwrite=True``; a reader never sees a half-written one.
+    """
+    output = Path(output_path)
+    if output.exists() and not overwrite:
+        raise FileExistsError(f"{output} already exists; pass --overwrite (overwrite=True) to replace it")
+    state_dict = net.state_dict()
+    if output.suffix == ".safetensors":
+        try:
+            from safetensors.torch import save as to_safetensors
+        except ImportError:
+            message = f"writing {output.name} needs the safetensors package: pip install safetensors"
+            raise ImportError(message) from None
+        data = to_safetensors(state_dict)
+        _write_atomically(output, lambda file: file.write(data))
+    else:
+        _write_atomically(output, lambda file: torch.save(state_dict, file))
+    return output
+
+
+def export_plain_weights(
+    checkpoint_path: PathLike,
+    output_path: PathLike,
+    lesson_class: Optional[type[Lesson]] = None,
+    *,
+    overwrite: bool = False,
+) -> Path:
+    """Write the plain ``nn.Module``'s ``state_dict`` (``lesson.net``) of a lesson checkpoint to ``output_path``."""
+    return save_plain_weights(load_lesson(checkpoint_path, lesson_class).net, output_path, overwrite=overwrite)
+
+
+def loading_hint(lesson: Lesson, output_path: PathLike) -> str:
+    """Three lines of Python that load ``output_path`` into the plain network and say what it returns."""
+    net_class = type(lesson.net)
+    # The networks' constructor arguments (activation, dropout) are the lessons' hyperparameters of the same name.
+    names = [name for name in inspect.signature(net_class).parameters if name in lesson.hparams]
+    arguments = ", ".join(f"{name}={lesson.hparams[name]!r}" for name in names)
+    module = "gpu_lessons.models" if getattr(models, net_class.__name__, None) is net_class else net_class.__module__
+    output = Path(output_path)
+    if output.suffix == ".safetensors":
+        load = f"from safetensors.torch import load_file; net.load_state_dict(load_file({str(output)!r}))"
+    else:
+        load = f"net.load_state_dict(torch.load({str(output)!r}, weights_only=True))"
+    returns = {
+        "binary": "a logit per sample: probability = net(x).sigmoid()",
+        "multiclass": "logits: class probabilities = net(x).softmax(dim=-1)",
+        "regression": "the prediction itself",
+    }[lesson.task]
+    return "\n".join(
+        [
+            f"import torch; from {module} import {net_class.__name__}",
+            f"net = {net_class.__name__}({arguments}).eval(); {load}",
+            f"# net(x) returns {returns}",
+        ]
+    )
+
+
+def _imported_lesson_class(path: PathLike, class_path: str) -> type[Lesson]:
+    """The lesson class a checkpoint names, looked up among the imported modules only."""
+    # Like Lightning, never import a module because a checkpoint names it: that would run its code.
+    module_name, _, name = class_path.rpartition(".")
+    lesson_class = getattr(sys.modules.get(module_name), name, None)
+    if not (isinstance(lesson_class, type) and issubclass(lesson_class, Lesson)):
+        raise CheckpointError(f"{path} holds a {class_path}, which is not an imported Lesson subclass")
+    return lesson_class
+
+
+def _write_atomically(output: Path, write: Callable[[IO[bytes]], object]) -> None:
+    output.parent.mkdir(parents=True, exist_ok=True)
+    # In the same folder, so that ``os.replace`` is an atomic rename; created like any new file (mode 0o666 less
+    # the umask), where ``tempfile.mkstemp`` would leave the weights readable by their owner alone.
+    temporary = output.with_name(f".{output.name}.{secrets.token_hex(4)}.tmp")
+    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
+    try:
+        with os.fdopen(descriptor, "wb") as file:
+            write(file)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(temporary, output)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
+
+
+def _one_line(error: BaseException) -> str:
+    """The first line of the error's message (or its type): user-facing errors stay on one line."""
+    lines = str(error).strip().splitlines()
+    return lines[0] if lines else type(error).__name__
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    """Export a checkpoint's plain weights; bad input is one ``error:`` line and exit code 2."""
+    parser = argparse.ArgumentParser(prog="python -m gpu_lessons.export", description=__doc__.splitlines()[0])
+    parser.add_argument("--ckpt_path", required=True, help="the lesson checkpoint, e.g. checkpoints/cnn/last.ckpt")
+    parser.add_argument("--output", required=True, help="the weights file to write: NAME.pth, or NAME.safetensors")
+    parser.add_argument("--overwrite", action="store_true", help="replace --output if it exists")
+    parser.add_argument(
+        "--lesson", choices=sorted(LESSONS), help="the lesson class, for checkpoints not written by the CLI"
+    )
+    args = parser.parse_args(argv)
+    try:
+        lesson = load_lesson(args.ckpt_path, LESSONS.get(args.lesson))
+        output = save_plain_weights(lesson.net, args.output, overwrite=args.overwrite)
+    except (UserError, OSError, ImportError) as error:
+        sys.stderr.write(f"error: {_one_line(error)}\n")
+        return 2
+    parameters = sum(p.numel() for p in lesson.net.parameters())
+    net_name = type(lesson.net).__name__
+    print(f"wrote {output}: the state_dict of {net_name} ({parameters:,} parameters) from {args.ckpt_path}")
+    print("to load it into the plain network:")
+    print(loading_hint(lesson, output))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
