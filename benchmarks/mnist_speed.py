@@ -8,7 +8,8 @@ For each lesson it runs, in this order and on the same device:
   Adam 1e-3, 5 epochs), re-implemented here as the baseline every learner already has;
 * ``plain loop, package data``: a hand-written loop over the package's device-resident batches with the shipped
   config's model, optimizer and schedule, validating every epoch like Lightning does: the floor for Lightning;
-* ``gpu_lessons fit``: ``Trainer.fit`` with the shipped config (in a fresh process), then its test accuracy;
+* ``gpu_lessons fit``: ``Trainer.fit`` with the shipped config (in a fresh process, pictures off: they are drawn
+  after training), then its test accuracy;
 * ``gpu_lessons fit`` command: the wall time of ``python -m gpu_lessons fit --config configs/<lesson>.yaml``,
   interpreter start, imports, data loading and checkpointing included.
 
@@ -148,7 +149,8 @@ def lightning_fit(lesson: str, data_dir: Path, device: torch.device, workdir: Pa
         "acc = cli.trainer.test(cli.model, datamodule=cli.datamodule, verbose=False)[0]['test/acc']\n"
         "print('RESULT ' + json.dumps({'fit_s': fit_s, 'test_acc': acc}))\n"
     )
-    args = [*shipped_config_args(lesson, data_dir, device), "--run_name", f"bench_{lesson}"]
+    # Pictures are drawn after training and are not part of the loop being compared; the command column has them.
+    args = [*shipped_config_args(lesson, data_dir, device), "--run_name", f"bench_{lesson}", "--pictures.enabled", "false"]
     output = run_python(["-c", script, *args], workdir)
     line = next(line for line in output.splitlines() if line.startswith("RESULT "))
     return json.loads(line.removeprefix("RESULT "))

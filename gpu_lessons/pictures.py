@@ -18,11 +18,13 @@ from pathlib import Path
 from typing import Any, Optional
 
 import numpy as np
+import PIL.Image
 import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities import rank_zero_warn
+from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.ticker import MaxNLocator, PercentFormatter
@@ -226,13 +228,16 @@ class LessonPictures(Callback):
     run. Without a logger nothing is written; loggers other than TensorBoard get only the PNG files.
 
     Args:
+        enabled: Draw the pictures (``--pictures.enabled false`` skips them, e.g. when timing a run).
         max_misclassified: How many misclassified test images to show.
     """
 
-    def __init__(self, max_misclassified: int = 25) -> None:
+    def __init__(self, enabled: bool = True, max_misclassified: int = 25) -> None:
+        self.enabled = enabled
         self.max_misclassified = max_misclassified
         self.history: list[dict[str, float]] = []
         self._val_metrics: dict[str, float] = {}
+        self._finished_epoch: Optional[int] = None
         self._log_dir: Optional[str] = None
 
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
@@ -244,14 +249,24 @@ class LessonPictures(Callback):
             self._val_metrics = _epoch_metrics(trainer, "val")
 
     def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        # Validation ran (if at all this epoch) before this hook; the train metrics were computed just now.
-        if trainer.is_global_zero:
-            entry = {"epoch": trainer.current_epoch + 1, **_epoch_metrics(trainer, "train"), **self._val_metrics}
-            self.history.append(entry)
-            self._val_metrics = {}
+        # The lesson logs its epoch's training metrics in its own ``on_train_epoch_end``, which Lightning runs after
+        # the callbacks' hooks: the epoch is recorded when the next one starts, or when training ends.
+        self._finished_epoch = trainer.current_epoch + 1
+
+    def on_train_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._record_finished_epoch(trainer)
 
     def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._record_finished_epoch(trainer)
         self._publish(trainer, pl_module, self._fit_pictures)
+
+    def _record_finished_epoch(self, trainer: Trainer) -> None:
+        if self._finished_epoch is not None and trainer.is_global_zero:
+            # Validation, if it ran that epoch, came before the end of the epoch's training.
+            entry = {"epoch": self._finished_epoch, **_epoch_metrics(trainer, "train"), **self._val_metrics}
+            self.history.append(entry)
+            self._val_metrics = {}
+        self._finished_epoch = None
 
     def on_test_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._publish(trainer, pl_module, self._test_pictures)
@@ -299,17 +314,21 @@ class LessonPictures(Callback):
         pl_module: LightningModule,
         draw: Callable[[Trainer, LightningModule], Iterator[tuple[str, Figure]]],
     ) -> None:
-        if self._log_dir is None or not trainer.is_global_zero:
+        if not self.enabled or self._log_dir is None or not trainer.is_global_zero:
             return
         folder = Path(self._log_dir) / "pictures"
         try:
             with _evaluating(pl_module):
                 for name, figure in draw(trainer, pl_module):
+                    # Render once and reuse the pixels for the PNG and TensorBoard (rendering is the slow part).
+                    canvas = FigureCanvasAgg(figure)
+                    canvas.draw()
+                    rgb = np.asarray(canvas.buffer_rgba())[..., :3]
                     folder.mkdir(parents=True, exist_ok=True)
-                    figure.savefig(folder / f"{name}.png", dpi=100)
+                    PIL.Image.fromarray(rgb).save(folder / f"{name}.png")
                     for logger in trainer.loggers:
                         if isinstance(logger, TensorBoardLogger):
-                            logger.experiment.add_figure(f"pictures/{name}", figure, trainer.global_step, close=False)
+                            logger.experiment.add_image(f"pictures/{name}", rgb, trainer.global_step, dataformats="HWC")
         except Exception as error:  # a picture is never worth a failed run
             rank_zero_warn(f"LessonPictures could not draw its pictures: {error!r}")
 
