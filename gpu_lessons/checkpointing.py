@@ -7,7 +7,7 @@ import pickle
 import secrets
 import zipfile
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import IO, Any, Callable, Optional, Union
 
 import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
@@ -46,38 +46,45 @@ def load_checkpoint(path: PathLike, map_location: Any = "cpu") -> dict[str, Any]
 class AtomicCheckpointIO(TorchCheckpointIO):
     """Lightning's checkpoint IO with two guarantees.
 
-    * Saving never leaves a partial file where a good checkpoint was: the bytes go to a temporary file in the
-      *same folder* (so the final rename cannot turn into a cross-filesystem copy), are fsynced, and then
-      ``os.replace`` swaps the file in one step. Temporary files left by a killed process are removed by the next save.
+    * Saving never leaves a partial file where a good checkpoint was (:func:`write_atomically`).
     * Loading uses :func:`load_checkpoint` (``weights_only=True``).
     """
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path: PathLike, storage_options: Optional[Any] = None) -> None:
         if storage_options is not None:
             raise TypeError(f"{type(self).__name__} does not support storage_options")
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        prefix = f".{path.name}."
-        for stale in path.parent.glob(f"{prefix}*.tmp"):
-            stale.unlink(missing_ok=True)
-        temp_name = path.parent / f"{prefix}{secrets.token_hex(6)}.tmp"
-        # os.open rather than mkstemp: mkstemp's files are owner-only (0600); checkpoints get the usual umask bits
-        fd = os.open(temp_name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-        try:
-            with os.fdopen(fd, "wb") as file:
-                torch.save(checkpoint, file)
-                file.flush()
-                os.fsync(file.fileno())
-            os.replace(temp_name, path)
-        except BaseException:
-            Path(temp_name).unlink(missing_ok=True)
-            raise
-        _fsync_directory(path.parent)
+        write_atomically(Path(path), lambda file: torch.save(checkpoint, file))
 
     def load_checkpoint(self, path: PathLike, map_location: Optional[Any] = None, weights_only: Optional[bool] = None) -> dict[str, Any]:
         if weights_only is False:
             raise CheckpointError("gpu_lessons loads checkpoints with weights_only=True only")
         return load_checkpoint(path, map_location=map_location or "cpu")
+
+
+def write_atomically(path: Path, write: Callable[[IO[bytes]], object]) -> None:
+    """Write ``path`` so that a reader (or a crash) sees the old bytes or the new ones, never a mix.
+
+    The bytes go to a temporary file in the *same folder* (so the rename cannot become a cross-filesystem copy, as
+    with ``TMPDIR`` elsewhere), are fsynced, and ``os.replace`` swaps the file in one step. A temporary file that a
+    killed writer of the same path left behind is removed first.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    prefix = f".{path.name}."
+    for stale in path.parent.glob(f"{prefix}*.tmp"):
+        stale.unlink(missing_ok=True)
+    temporary = path.parent / f"{prefix}{secrets.token_hex(6)}.tmp"
+    # os.open rather than mkstemp: mkstemp's files are owner-only (0600); these get the usual umask bits
+    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
+    try:
+        with os.fdopen(descriptor, "wb") as file:
+            write(file)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
+    _fsync_directory(path.parent)
 
 
 def _fsync_directory(folder: Path) -> None:

@@ -11,16 +11,15 @@ from __future__ import annotations
 import argparse
 import inspect
 import os
-import secrets
 import sys
 from pathlib import Path
-from typing import IO, Callable, Optional, Union
+from typing import Optional, Union
 
 import torch
 from torch import nn
 
 from gpu_lessons import models
-from gpu_lessons.checkpointing import load_checkpoint
+from gpu_lessons.checkpointing import load_checkpoint, write_atomically
 from gpu_lessons.errors import CheckpointError, UserError
 from gpu_lessons.models import Lesson
 
@@ -74,9 +73,9 @@ def save_plain_weights(net: nn.Module, output_path: PathLike, *, overwrite: bool
             message = f"writing {output.name} needs the safetensors package: pip install safetensors"
             raise ImportError(message) from None
         data = to_safetensors(state_dict)
-        _write_atomically(output, lambda file: file.write(data))
+        write_atomically(output, lambda file: file.write(data))
     else:
-        _write_atomically(output, lambda file: torch.save(state_dict, file))
+        write_atomically(output, lambda file: torch.save(state_dict, file))
     return output
 
 
@@ -125,23 +124,6 @@ def _imported_lesson_class(path: PathLike, class_path: str) -> type[Lesson]:
     if not (isinstance(lesson_class, type) and issubclass(lesson_class, Lesson)):
         raise CheckpointError(f"{path} holds a {class_path}, which is not an imported Lesson subclass")
     return lesson_class
-
-
-def _write_atomically(output: Path, write: Callable[[IO[bytes]], object]) -> None:
-    output.parent.mkdir(parents=True, exist_ok=True)
-    # In the same folder, so that ``os.replace`` is an atomic rename; created like any new file (mode 0o666 less
-    # the umask), where ``tempfile.mkstemp`` would leave the weights readable by their owner alone.
-    temporary = output.with_name(f".{output.name}.{secrets.token_hex(4)}.tmp")
-    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
-    try:
-        with os.fdopen(descriptor, "wb") as file:
-            write(file)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(temporary, output)
-    except BaseException:
-        temporary.unlink(missing_ok=True)
-        raise
 
 
 def _one_line(error: BaseException) -> str:

@@ -21,6 +21,8 @@ EXPECTED = {
     "classifier": (models.BlobClassifierLesson, data.BlobsDataModule, {"data.init_args.seed": 42}),
     "mlp": (models.MLPLesson, data.MNISTDataModule, {"trainer.max_epochs": 5}),
     "cnn": (models.CNNLesson, data.MNISTDataModule, {"trainer.max_epochs": 5}),
+    "fashion_mlp": (models.MLPLesson, data.MNISTDataModule, {"data.init_args.dataset": "fashion_mnist"}),
+    "fashion_cnn": (models.CNNLesson, data.MNISTDataModule, {"data.init_args.dataset": "fashion_mnist"}),
     "overfit": (models.DropoutLesson, data.RandomFeaturesDataModule, {"model.init_args.dropout": 0.0, "data.init_args.labels": "noise", "data.init_args.num_train": 20}),
     "dropout": (models.DropoutLesson, data.RandomFeaturesDataModule, {"model.init_args.dropout": 0.5, "data.init_args.labels": "pattern", "data.init_args.num_train": 200}),
     "step_lr": (models.SchedulerLesson, data.RandomFeaturesDataModule, {"model.init_args.scheduler.class_path": "torch.optim.lr_scheduler.StepLR", "model.init_args.scheduler.init_args.step_size": 2, "model.init_args.scheduler.init_args.gamma": 0.5}),
