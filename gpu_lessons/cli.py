@@ -7,6 +7,7 @@ A LightningCLI in subclass mode: a config picks any lesson (``model.class_path``
   (``--strict_accelerator true`` makes that an error instead);
 * checkpoints in ``checkpoints/<run_name>/`` (best on ``val/loss`` and ``last.ckpt``), TensorBoard logs in
   ``lightning_logs/<run_name>/version_N/`` with the run's ``config.yaml``, and the learning rate logged;
+* ``predict`` prints readable predictions (``--output FILE.csv`` also writes them as CSV);
 * user errors (a missing checkpoint or dataset, CUDA required but absent) end in one ``error:`` line and exit
   code 2, not a traceback.
 """
@@ -27,9 +28,10 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveCon
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from gpu_lessons.checkpointing import AtomicCheckpointIO, load_checkpoint
-from gpu_lessons.errors import CheckpointError, UserError
+from gpu_lessons.errors import CheckpointError, UserError, print_error
 from gpu_lessons.models.base import Lesson
 from gpu_lessons.pictures import LessonPictures
+from gpu_lessons.predictions import PredictionPrinter
 
 _GPU_ACCELERATORS = ("gpu", "cuda")
 _LOGGER_DEFAULT_NAME = "lightning_logs"  # TensorBoardLogger's and CSVLogger's own default for ``name``
@@ -100,6 +102,12 @@ class LessonCLI(LightningCLI):
             help="With accelerator gpu/cuda on a machine where CUDA is not usable: fail instead of falling back "
             "to the CPU.",
         )
+        parser.add_argument(
+            "--output",
+            type=Optional[str],
+            default=None,
+            help="predict only: also write the predictions to this CSV file (an existing file is never overwritten).",
+        )
         parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
         parser.add_lightning_class_args(LessonPictures, "pictures")
         parser.set_defaults(
@@ -119,6 +127,8 @@ class LessonCLI(LightningCLI):
     def before_instantiate_classes(self) -> None:
         """Resolve the run name, the CUDA fallback and the output folders before anything is built."""
         config = self.config[self.subcommand] if self.subcommand else self.config
+        if config.output is not None and self.subcommand != "predict":
+            raise UserError("--output is for predict: it writes the predictions to a CSV file")
         run_name = config.run_name or _default_run_name(config)
         config.run_name = run_name
         self._resolve_accelerator(config)
@@ -172,7 +182,8 @@ class LessonCLI(LightningCLI):
 
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
         """The configured trainer plus: atomic, weights-only checkpoint IO; a checkpoint on SIGTERM; a
-        LearningRateMonitor whenever there is a logger to write to; a progress bar that redraws every 10 steps."""
+        LearningRateMonitor whenever there is a logger to write to; a progress bar that redraws every 10 steps;
+        for ``predict``, a :class:`PredictionPrinter`."""
         trainer_config = self._get(self.config_init, "trainer", default={})
         callbacks = [*(trainer_config.get("callbacks") or []), CheckpointOnSigterm()]
         if trainer_config.get("logger") not in (None, False, []):
@@ -181,6 +192,9 @@ class LessonCLI(LightningCLI):
         if trainer_config.get("enable_progress_bar") is not False and not any(isinstance(c, ProgressBar) for c in callbacks):
             # Redrawing the bar every step costs ~0.7 ms of Python, as much as a small model's step on a GPU.
             callbacks.append(TQDMProgressBar(refresh_rate=10))
+        if self.subcommand == "predict" and not any(isinstance(c, PredictionPrinter) for c in callbacks):
+            # After the progress bar, so that it has closed its line before the predictions are printed.
+            callbacks.append(PredictionPrinter(output=self._get(self.config, "output")))
         plugins = trainer_config.get("plugins") or []
         plugins = list(plugins) if isinstance(plugins, (list, tuple)) else [plugins]
         if not any(isinstance(p, CheckpointIO) for p in plugins):
@@ -212,7 +226,7 @@ def cli_main(args: Optional[list[str]] = None) -> Optional[LessonCLI]:
     try:
         return LessonCLI(args=args)
     except UserError as error:
-        sys.stderr.write(f"error: {error}\n")
+        print_error(error)
         raise SystemExit(error.exit_code) from None
     except SIGTERMException:
         sys.stderr.write("stopped by SIGTERM; last.ckpt was saved: resume with `fit --ckpt_path <checkpoints>/last.ckpt`\n")

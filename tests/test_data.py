@@ -211,3 +211,17 @@ def test_failed_download_is_the_same_clear_error(tmp_path: Path, monkeypatch: py
     dm = MNISTDataModule(data_dir=tmp_path, download=True)
     with pytest.raises(DatasetMissingError, match="downloading failed .*name resolution.*t10k-labels-idx1-ubyte"):
         dm.prepare_data()
+
+
+def test_gz_archives_are_unpacked_offline(tmp_path: Path) -> None:
+    """Archives such as Debian's dataset-fashion-mnist (re-compressed, so torchvision's checksums reject them)."""
+    import gzip
+
+    raw = write_idx_dataset(tmp_path, num_train=50, num_test=20, folder="FashionMNIST") / "FashionMNIST" / "raw"
+    for idx in list(raw.iterdir()):
+        (raw / f"{idx.name}.gz").write_bytes(gzip.compress(idx.read_bytes()))
+        idx.unlink()
+    dm = MNISTDataModule(data_dir=tmp_path, dataset="fashion_mnist", val_size=10, download=False)
+    dm.prepare_data()
+    dm.setup()
+    assert len(dm.splits["train"][0]) == 40 and len(dm.splits["test"][0]) == 20

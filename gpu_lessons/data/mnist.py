@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import gzip
 import os
+import shutil
 from pathlib import Path
 from typing import Any, Literal, Optional, Union
 
@@ -11,7 +13,10 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Subset
 from torchvision import datasets, transforms
 
+from gpu_lessons.data.batches import TensorBatches
+from gpu_lessons.data.images import read_digits
 from gpu_lessons.data.tensor_datamodule import Split, TensorDataModule
+from gpu_lessons.checkpointing import write_atomically
 from gpu_lessons.errors import DatasetMissingError
 
 Dataset = Literal["mnist", "fashion_mnist"]
@@ -42,6 +47,8 @@ class MNISTDataModule(TensorDataModule):
         loader: ``tensor`` (fast, device-resident) or ``torchvision`` (DataLoader over PIL images).
         num_workers: DataLoader workers for ``loader="torchvision"``.
         on_device: With ``loader="tensor"``, keep the data on the training device.
+        predict_images: A PNG/JPEG picture, or a folder of them, for ``predict`` to classify instead of the test set.
+            Any size: each becomes a 28×28 MNIST-style digit (see :func:`~gpu_lessons.data.images.mnist_digit`).
     """
 
     def __init__(
@@ -56,6 +63,7 @@ class MNISTDataModule(TensorDataModule):
         loader: Literal["tensor", "torchvision"] = "tensor",
         num_workers: int = 0,
         on_device: bool = True,
+        predict_images: Optional[Union[str, Path]] = None,
     ) -> None:
         super().__init__(batch_size=batch_size, eval_batch_size=eval_batch_size, seed=seed, on_device=on_device)
         if dataset not in _DATASETS:
@@ -68,9 +76,14 @@ class MNISTDataModule(TensorDataModule):
             raise ValueError(f"num_workers must be >= 0, got {num_workers}")
         self.save_hyperparameters()
         self.hparams.data_dir = str(data_dir)  # plain data, so checkpoints stay loadable with weights_only=True
+        self.hparams.predict_images = None if predict_images is None else str(predict_images)  # likewise
         self.data_dir = Path(data_dir)
         self.dataset_class, self.mean, self.std = _DATASETS[dataset]
+        # How predictions name the classes: "digit 7", "Ankle boot".
+        self.class_names = [f"digit {i}" for i in range(10)] if dataset == "mnist" else list(self.dataset_class.classes)
         self._torchvision_splits: dict[str, Any] = {}
+        self._predict_digits: Optional[Tensor] = None
+        self.predict_names: list[str] = []  # the files of ``predict_images``, in prediction order
 
     @property
     def raw_folder(self) -> Path:
@@ -79,6 +92,9 @@ class MNISTDataModule(TensorDataModule):
 
     def prepare_data(self) -> None:
         """Download the dataset if it is missing (once per node; the only place that touches the network)."""
+        if self._files_present() or self._predicts_images():
+            return
+        self._unpack_archives()
         if self._files_present():
             return
         if self.hparams.download:
@@ -89,6 +105,19 @@ class MNISTDataModule(TensorDataModule):
                 raise self._missing_error(f"downloading failed ({error.__class__.__name__}: {error})") from None
         if not self._files_present():
             raise self._missing_error("download is disabled" if not self.hparams.download else "download failed")
+
+    def _predicts_images(self) -> bool:
+        """Whether the trainer is predicting ``predict_images``, which needs no dataset files."""
+        return self.hparams.predict_images is not None and self.trainer is not None and self.trainer.predicting
+
+    def _unpack_archives(self) -> None:
+        """Unpack ``.gz`` archives found beside the expected files (e.g. Debian's ``dataset-fashion-mnist``, whose
+        re-compressed archives torchvision's checksums reject); torchvision checks the IDX contents when reading."""
+        for name in self._file_names():
+            archive, target = self.raw_folder / f"{name}.gz", self.raw_folder / name
+            if archive.is_file() and not target.is_file():
+                with gzip.open(archive, "rb") as packed:
+                    write_atomically(target, lambda file: shutil.copyfileobj(packed, file))
 
     def _files_present(self) -> bool:
         return all((self.raw_folder / name).is_file() for name in self._file_names())
@@ -138,8 +167,12 @@ class MNISTDataModule(TensorDataModule):
         return splits
 
     def setup(self, stage: Optional[str] = None) -> None:
-        """Load the splits once; with ``loader="tensor"`` they go to the training device."""
-        if self.hparams.loader == "tensor":
+        """Load the splits once; with ``loader="tensor"`` they go to the training device. Predicting
+        ``predict_images`` reads only those."""
+        if stage == "predict" and self.hparams.predict_images is not None:
+            if self._predict_digits is None:
+                self._predict_digits, self.predict_names = read_digits(self.hparams.predict_images)
+        elif self.hparams.loader == "tensor":
             super().setup(stage)
         elif not self._torchvision_splits:
             to_tensor = transforms.ToTensor()
@@ -177,7 +210,9 @@ class MNISTDataModule(TensorDataModule):
         return self._dataloader("test", train=False)
 
     def predict_dataloader(self) -> Any:
-        """The test images, for predictions."""
+        """The pictures of ``predict_images`` (uint8, like the splits), else the test images."""
+        if self._predict_digits is not None:
+            return TensorBatches(self._predict_digits, batch_size=self.eval_batch_size)
         return self._dataloader("test", train=False)
 
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:

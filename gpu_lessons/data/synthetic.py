@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, Literal, Optional
 
 import torch
 from torch import Tensor
@@ -18,7 +18,7 @@ class LineDataModule(TensorDataModule):
     """Points on the line y = slope·x + intercept (steps 7 and 11: y = 2x + 1 on x = 1..5).
 
     Validation and test ask for x values the network never saw (the course's 6, 7 and 10), so the monitored
-    ``val/loss`` measures generalisation; ``predict`` returns ŷ for them.
+    ``val/loss`` measures generalisation; ``predict`` returns ŷ for them, or for ``predict_x``.
 
     Args:
         slope: The line's slope.
@@ -26,6 +26,7 @@ class LineDataModule(TensorDataModule):
         train_x: Inputs to train on.
         eval_x: Unseen inputs for validation, test and predict.
         noise: Standard deviation of Gaussian noise added to the training targets.
+        predict_x: Inputs for ``predict``; default ``eval_x``.
         **kwargs: Batching options of :class:`TensorDataModule` (``batch_size``, ``seed``, ...).
     """
 
@@ -36,11 +37,12 @@ class LineDataModule(TensorDataModule):
         train_x: list[float] = [1.0, 2.0, 3.0, 4.0, 5.0],  # noqa: B006 - never mutated; shown by --help
         eval_x: list[float] = [6.0, 7.0, 10.0],  # noqa: B006
         noise: float = 0.0,
+        predict_x: Optional[list[float]] = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
-        if not train_x or not eval_x:
-            raise ValueError("train_x and eval_x need at least one value each")
+        if not train_x or not eval_x or predict_x == []:
+            raise ValueError("train_x, eval_x and predict_x need at least one value each")
         if noise < 0:
             raise ValueError(f"noise must be >= 0, got {noise}")
         self.save_hyperparameters()
@@ -51,7 +53,8 @@ class LineDataModule(TensorDataModule):
         generator = torch.Generator().manual_seed(self.seed)
         y_train = hp.slope * x_train + hp.intercept + hp.noise * torch.randn(x_train.shape, generator=generator)
         y_eval = hp.slope * x_eval + hp.intercept
-        return {"train": (x_train, y_train), "val": (x_eval, y_eval), "test": (x_eval, y_eval), "predict": (x_eval,)}
+        x_predict = x_eval if hp.predict_x is None else _column(hp.predict_x)
+        return {"train": (x_train, y_train), "val": (x_eval, y_eval), "test": (x_eval, y_eval), "predict": (x_predict,)}
 
 
 class CurveDataModule(TensorDataModule):
@@ -63,13 +66,23 @@ class CurveDataModule(TensorDataModule):
         num_points: Training points on the grid.
         x_min: Left end of the grid.
         x_max: Right end of the grid.
+        predict_x: Inputs for ``predict``; default the validation midpoints.
         **kwargs: Batching options of :class:`TensorDataModule`.
     """
 
-    def __init__(self, num_points: int = 41, x_min: float = -2.0, x_max: float = 2.0, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        num_points: int = 41,
+        x_min: float = -2.0,
+        x_max: float = 2.0,
+        predict_x: Optional[list[float]] = None,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(**kwargs)
         if num_points < 2 or not x_min < x_max:
             raise ValueError(f"need num_points >= 2 and x_min < x_max, got {num_points}, {x_min}, {x_max}")
+        if predict_x == []:
+            raise ValueError("predict_x needs at least one value")
         self.save_hyperparameters()
 
     def build_splits(self) -> dict[str, Split]:
@@ -80,7 +93,7 @@ class CurveDataModule(TensorDataModule):
             "train": (x_train, x_train**2),
             "val": (x_eval, x_eval**2),
             "test": (x_eval, x_eval**2),
-            "predict": (x_eval,),
+            "predict": (x_eval if hp.predict_x is None else _column(hp.predict_x),),
         }
 
 
@@ -112,6 +125,8 @@ class BlobsDataModule(TensorDataModule):
         super().__init__(**kwargs)
         if samples_per_class < 1 or eval_samples_per_class < 1:
             raise ValueError("samples_per_class and eval_samples_per_class must be >= 1")
+        if not predict_points or any(len(point) != 2 for point in predict_points):
+            raise ValueError(f"predict_points must be [x, y] pairs, got {predict_points}")
         self.save_hyperparameters()
 
     def _draw(self, seed: int, per_class: int) -> Split:
@@ -123,7 +138,7 @@ class BlobsDataModule(TensorDataModule):
 
     def build_splits(self) -> dict[str, Split]:
         n, n_eval = self.hparams.samples_per_class, self.hparams.eval_samples_per_class
-        points = torch.tensor(self.hparams.predict_points, dtype=torch.float32).reshape(-1, 2)
+        points = torch.tensor(self.hparams.predict_points, dtype=torch.float32)
         return {
             "train": self._draw(self.seed, n),
             "val": self._draw(self.seed + 1, n_eval),

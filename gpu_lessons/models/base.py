@@ -5,7 +5,8 @@ from __future__ import annotations
 import functools
 import os
 import random
-from typing import Any, Literal, Optional
+from collections.abc import Sequence
+from typing import Any, Literal, NamedTuple, Optional
 
 import torch
 from lightning.pytorch import LightningModule
@@ -27,6 +28,26 @@ _PER_STEP_SCHEDULERS = (OneCycleLR, CyclicLR)
 # On an accelerator, reading the loss back every step would stall the pipeline; the first non-finite step is
 # recorded on the device and read back this often (and always before a checkpoint is written).
 _FINITE_CHECK_INTERVAL = 32
+
+
+# Feature vectors up to this long are shown by their values in predictions; longer ones (and images) by their name.
+_MAX_SHOWN_FEATURES = 4
+
+
+class PredictionRow(NamedTuple):
+    """One sample's prediction: the line a person reads and the same row's CSV columns."""
+
+    text: str
+    values: dict[str, Any]
+
+
+def batch_inputs(batch: Any) -> Tensor:
+    """The inputs of a batch that is either a tensor or an ``(inputs, ...)`` tuple."""
+    return batch[0] if isinstance(batch, (tuple, list)) else batch
+
+
+def _short(value: float) -> float:
+    return float(f"{value:.6g}")  # float32 has ~7 significant digits; don't print the rest as noise
 
 
 def factory_class(factory: Any) -> Optional[type]:
@@ -244,8 +265,43 @@ class Lesson(LightningModule):
 
     def predict_step(self, batch: Any, batch_idx: int) -> Tensor:
         """Predictions for a batch of inputs (a tensor, or an ``(inputs, targets)`` pair)."""
-        inputs = batch[0] if isinstance(batch, (tuple, list)) else batch
-        return self.predictions(self(inputs))
+        return self.predictions(self(batch_inputs(batch)))
+
+    def prediction_rows(
+        self,
+        inputs: Tensor,
+        predictions: Tensor,
+        names: Sequence[str],
+        class_names: Optional[Sequence[str]] = None,
+    ) -> list[PredictionRow]:
+        """Readable rows for a batch of :meth:`predict_step` results, e.g. ``x = 6 → ŷ = 13.00`` or
+        ``point [2.0, 2.0] → class 0 (confidence 100.00%)``.
+
+        A sample is shown by its values when it is a short feature vector, otherwise by its entry in ``names``
+        (an image's file, ``sample 17``). A class is shown by its entry in ``class_names`` (``digit 7``) when
+        given, with the probability of the predicted class.
+        """
+        predictions = predictions.detach().float().cpu()
+        shown = [_describe_input(sample, name) for sample, name in zip(inputs.detach().cpu(), names)]
+        if self.task == "regression":
+            return [
+                PredictionRow(f"{text} → ŷ = {y:.2f}", {**values, "prediction": y})
+                for (text, values), y in zip(shown, map(_short, predictions.squeeze(-1).tolist()))
+            ]
+        if self.task == "binary":
+            classes = (predictions > 0.5).long()
+            confidences, word = torch.where(classes == 1, predictions, 1 - predictions), "confidence"
+        else:
+            (confidences, classes), word = predictions.max(dim=-1), "probability"
+        rows = []
+        for (text, values), c, p in zip(shown, classes.tolist(), map(_short, confidences.tolist())):
+            columns = {**values, "class": c}
+            if class_names:
+                columns["name"] = class_names[c]
+            columns[word] = p
+            label = class_names[c] if class_names else f"class {c}"
+            rows.append(PredictionRow(f"{text} → {label} ({word} {p:.2%})", columns))
+        return rows
 
     def configure_optimizers(self) -> Any:
         """Builds the injected optimizer and, if any, the scheduler with the interval and monitor it needs."""
@@ -277,3 +333,12 @@ class Lesson(LightningModule):
             return self.monitor.replace("val/", "train/", 1)
         return self.monitor
 
+
+def _describe_input(sample: Tensor, name: str) -> tuple[str, dict[str, Any]]:
+    """How a prediction shows its input: ``x = 6``, ``point [2.0, 2.0]``, or the sample's name."""
+    if sample.ndim != 1 or len(sample) > _MAX_SHOWN_FEATURES:
+        return name, {"input": name}
+    values = [_short(v) for v in sample.float().tolist()]
+    if len(values) == 1:
+        return f"x = {values[0]:g}", {"x": values[0]}
+    return f"point {values}", {f"x{i}": v for i, v in enumerate(values, start=1)}

@@ -1,0 +1,84 @@
+"""Your own pictures of digits as MNIST inputs: 28×28 grayscale uint8, a light digit on black."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Union
+
+import numpy as np
+import PIL.Image
+import torch
+from PIL import ImageOps, ImageStat
+from torch import Tensor
+
+from gpu_lessons.errors import UserError, print_error
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+_SIZE, _BOX = 28, 20  # MNIST scaled each digit into a 20×20 box and centred it in 28×28
+
+
+def mnist_digit(image: PIL.Image.Image) -> Tensor:
+    """One picture as a ``[28, 28]`` uint8 MNIST digit.
+
+    Transparency becomes white paper, and a dark digit on a light background is inverted. A 28×28 picture is then
+    taken as it is; any other is cropped to the digit, which is scaled into a 20×20 box centred in 28×28.
+    """
+    image = ImageOps.exif_transpose(image)
+    if image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info:
+        image = image.convert("RGBA")
+        image = PIL.Image.alpha_composite(PIL.Image.new("RGBA", image.size, "white"), image)
+    gray = image.convert("L")
+    if ImageStat.Stat(gray).mean[0] > 127:
+        gray = ImageOps.invert(gray)
+    if gray.size != (_SIZE, _SIZE):
+        threshold = gray.getextrema()[1] // 2
+        if (box := gray.point(lambda v: 255 if v > threshold else 0).getbbox()) is not None:
+            gray = gray.crop(box)
+        digit = ImageOps.pad(gray, (_BOX, _BOX), method=PIL.Image.Resampling.LANCZOS, color=0)
+        gray = PIL.Image.new("L", (_SIZE, _SIZE))
+        gray.paste(digit, ((_SIZE - _BOX) // 2,) * 2)
+    return torch.from_numpy(np.array(gray, dtype=np.uint8))
+
+
+def read_digits(source: Union[str, Path]) -> tuple[Tensor, list[str]]:
+    """The picture ``source``, or every PNG/JPEG file in the folder ``source``, as ``[N, 28, 28]`` uint8 digits and
+    their paths.
+
+    A file that cannot be decoded gets its own ``error:`` line and is skipped; if none can be, that is a
+    :class:`~gpu_lessons.errors.UserError`.
+    """
+    source = Path(source)
+    if source.is_dir():
+        paths = sorted(p for p in source.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+        if not paths:
+            raise UserError(f"predict_images: {source} has no PNG or JPEG files")
+    elif source.exists():
+        paths = [source]
+    else:
+        raise UserError(f"predict_images: {source} does not exist")
+
+    digits, names, failures = [], [], []
+    for path in paths:
+        try:
+            image = _decode(path)
+        except PIL.UnidentifiedImageError:
+            failures.append(f"{path}: cannot read image (not a PNG or JPEG file, or a corrupt one)")
+            continue
+        except Exception as error:  # corrupt files make PIL raise OSError, SyntaxError, ValueError, ...
+            failures.append(f"{path}: cannot read image ({error})")
+            continue
+        digits.append(mnist_digit(image))
+        names.append(str(path))
+    if not digits and len(failures) == 1:
+        raise UserError(failures[0])
+    for failure in failures:
+        print_error(failure)
+    if not digits:
+        raise UserError(f"predict_images: none of the {len(failures)} files in {source} could be read")
+    return torch.stack(digits), names
+
+
+def _decode(path: Path) -> PIL.Image.Image:
+    with PIL.Image.open(path) as image:
+        image.load()  # decode now, so that a corrupt file fails here
+    return image
