@@ -20,7 +20,7 @@ from torch import nn
 
 from gpu_lessons import models
 from gpu_lessons.checkpointing import load_checkpoint, write_atomically
-from gpu_lessons.errors import CheckpointError, UserError
+from gpu_lessons.errors import CheckpointError, UserError, print_error
 from gpu_lessons.models import Lesson
 
 PathLike = Union[str, os.PathLike]
@@ -146,7 +146,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         lesson = load_lesson(args.ckpt_path, LESSONS.get(args.lesson))
         output = save_plain_weights(lesson.net, args.output, overwrite=args.overwrite)
     except (UserError, OSError, ImportError) as error:
-        sys.stderr.write(f"error: {_one_line(error)}\n")
+        print_error(_one_line(error))
         return 2
     parameters = sum(p.numel() for p in lesson.net.parameters())
     net_name = type(lesson.net).__name__

@@ -245,6 +245,7 @@ BAD_INPUTS = {
     "unwritable checkpoints folder": (["fit", "classifier", "--checkpoint.dirpath", "notes.txt/ckpts"], "notes.txt is a file, not a folder"),
     "strict GPU on a CPU machine": (["fit", "classifier", "--strict_accelerator", "true"], "accelerator 'gpu' was requested"),
     "unknown subcommand": (["train", "classifier"], "train"),
+    "predict input of the wrong shape": (["predict", "classifier", "--data.init_args.predict_points", "[[1, 2, 3]]"], "predict_points"),
 }
 
 
