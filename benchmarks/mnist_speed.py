@@ -114,7 +114,8 @@ def plain_loop(lesson: str, data_dir: Path, device: torch.device) -> dict[str, f
         train_batches.sampler.set_epoch(epoch)
         for batch in train_batches:
             loss, preds, targets = model.model_step(datamodule.on_after_batch_transfer(batch, 0))
-            model.train_metric(preds, targets)  # the lesson's training accuracy, as Lightning's run computes it
+            model.train_loss.update(loss.detach())  # the lesson's epoch metrics, as its training_step keeps them
+            model.train_metric.update(preds, targets)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()

@@ -73,10 +73,17 @@ class CheckpointOnSigterm(Callback):
     the epoch included), so ``fit --ckpt_path .../last.ckpt`` continues as if never stopped.
     """
 
+    saved: Optional[str] = None  # where the checkpoint went, for the CLI's last words
+
+    def __init__(self) -> None:
+        type(self).saved = None
+
     def on_exception(self, trainer: Trainer, pl_module: LightningModule, exception: BaseException) -> None:
         checkpoint = trainer.checkpoint_callback
         if isinstance(exception, SIGTERMException) and trainer.state.fn == "fit" and checkpoint is not None:
-            trainer.save_checkpoint(os.path.join(checkpoint.dirpath, "last.ckpt"))
+            path = os.path.join(checkpoint.dirpath, checkpoint.CHECKPOINT_NAME_LAST + checkpoint.FILE_EXTENSION)
+            trainer.save_checkpoint(path)
+            type(self).saved = path  # read by cli_main after the exception has unwound the CLI
 
 
 class LessonCLI(LightningCLI):
@@ -141,7 +148,10 @@ class LessonCLI(LightningCLI):
             logger.init_args.name = run_name
 
     def _parse_ckpt_path(self) -> None:
-        """Check ``--ckpt_path`` before anything is built: it exists, loads safely, and belongs to this lesson."""
+        """Check ``--ckpt_path`` before anything is built: it exists, loads safely, and belongs to this lesson.
+
+        (Extends a private LightningCLI step, the one place that runs after parsing and before instantiation; if a
+        Lightning release renames it, the checks still run later, when the trainer loads the checkpoint.)"""
         subcommand = self.config.get("subcommand")
         config = self.config.get(subcommand) if subcommand else None
         ckpt_path = config.get("ckpt_path") if config else None
@@ -149,7 +159,7 @@ class LessonCLI(LightningCLI):
             checkpoint = load_checkpoint(ckpt_path)
             trained_by = checkpoint.get("hyper_parameters", {}).get("_class_path")
             configured = config.model.class_path if config.get("model") else None
-            if trained_by and configured and trained_by != configured:
+            if trained_by and configured and _imported(trained_by) is not _imported(configured):
                 raise CheckpointError(
                     f"{ckpt_path} was trained by {trained_by}, but the config's model is {configured}; "
                     "use that lesson's config (or the matching checkpoint)"
@@ -176,9 +186,8 @@ class LessonCLI(LightningCLI):
             f"gpu_lessons: accelerator '{accelerator}' -> 'cpu': {reason}. "
             "Pass --strict_accelerator true to make this an error.\n"
         )
-        config.trainer.accelerator = "cpu"
-        if not isinstance(config.trainer.devices, int):
-            config.trainer.devices = "auto"
+        # One process: ``devices: 2`` meant two GPUs, not two CPU processes.
+        config.trainer.accelerator, config.trainer.devices = "cpu", 1
 
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
         """The configured trainer plus: atomic, weights-only checkpoint IO; a checkpoint on SIGTERM; a
@@ -213,6 +222,13 @@ def _ensure_writable(folder: Path, what: str) -> None:
         raise UserError(f"cannot write {what} to {folder}: {existing} is not writable")
 
 
+def _imported(class_path: str) -> Any:
+    """The class at ``class_path`` if its module is already imported (never import what a checkpoint names), else the
+    path itself; so ``gpu_lessons.models.CNNLesson`` and ``gpu_lessons.models.cnn.CNNLesson`` compare equal."""
+    module, _, name = class_path.rpartition(".")
+    return getattr(sys.modules.get(module), name, class_path)
+
+
 def _default_run_name(config: Namespace) -> str:
     config_files = config.get("config") or []
     if config_files:
@@ -229,7 +245,10 @@ def cli_main(args: Optional[list[str]] = None) -> Optional[LessonCLI]:
         print_error(error)
         raise SystemExit(error.exit_code) from None
     except SIGTERMException:
-        sys.stderr.write("stopped by SIGTERM; last.ckpt was saved: resume with `fit --ckpt_path <checkpoints>/last.ckpt`\n")
+        saved = CheckpointOnSigterm.saved
+        sys.stderr.write(
+            f"stopped by SIGTERM; saved {saved}: resume with `fit --ckpt_path {saved}`\n" if saved else "stopped by SIGTERM\n"
+        )
         raise SystemExit(SIGTERM_EXIT_CODE) from None
 
 

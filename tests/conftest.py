@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import os
 import struct
 from pathlib import Path
+
+# The tests pin down CPU behaviour (exact resume, the NaN guard's per-step check, configs saying
+# ``accelerator: gpu`` falling back): run them on the CPU even on a machine with a GPU.
+os.environ["CUDA_VISIBLE_DEVICES"] = ""
 
 import numpy as np
 import pytest

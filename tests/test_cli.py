@@ -148,3 +148,10 @@ def test_python_dash_m_entry_point() -> None:
         capture_output=True, text=True, cwd=REPO, check=True,
     )
     assert "gpu_lessons.models.RegressionLesson" in result.stdout
+
+
+def test_a_checkpoint_matches_its_lesson_however_the_class_path_is_spelled(workdir: Path) -> None:
+    run("fit", "step_lr", "--trainer.max_epochs", "1")
+    tested = run("test", "step_lr", "--model.class_path", "gpu_lessons.models.schedulers.SchedulerLesson",
+                 "--ckpt_path", "checkpoints/step_lr/last.ckpt")
+    assert "test/acc" in tested.trainer.callback_metrics

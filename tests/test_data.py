@@ -198,7 +198,7 @@ def test_missing_mnist_offline_is_one_clear_error(tmp_path: Path) -> None:
     assert str((tmp_path / "nowhere" / "MNIST" / "raw").resolve()) in message
     for name in ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"):
         assert name in message
-    assert "install-mnist" in message
+    assert "connect to the internet" in message and "data_dir/MNIST/raw" in message
 
 
 def test_failed_download_is_the_same_clear_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -225,3 +225,18 @@ def test_gz_archives_are_unpacked_offline(tmp_path: Path) -> None:
     dm.prepare_data()
     dm.setup()
     assert len(dm.splits["train"][0]) == 40 and len(dm.splits["test"][0]) == 20
+
+
+def test_tensor_batches_resume_mid_epoch_at_the_next_unseen_batch() -> None:
+    x = torch.arange(10)
+    full = TensorBatches(x, batch_size=3, sampler=EpochPermutation(10, shuffle=True, seed=5))
+    full.sampler.set_epoch(2)
+    expected = [b[0].tolist() for b in full]
+    partial = iter(full)
+    next(partial), next(partial)
+    state = full.state_dict()
+    assert state == {"epoch": 2, "batches_trained": 2}
+    resumed = TensorBatches(x, batch_size=3, sampler=EpochPermutation(10, shuffle=True, seed=5))
+    resumed.load_state_dict(state)
+    assert [b[0].tolist() for b in resumed] == expected[2:]
+    assert len([b for b in resumed]) == 4  # the skip applies to the resumed epoch only

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+import torch
 
 from .helpers import logged, metric, predict, run
 
@@ -79,3 +80,22 @@ def test_plateau_on_a_validation_metric_falls_back_to_training_loss_without_vali
     cli = run("fit", "plateau", "--model.init_args.monitor", "val/loss", "--trainer.limit_val_batches", "0")
     scheduler_config = cli.trainer.lr_scheduler_configs[0]
     assert scheduler_config.monitor == "train/loss"
+
+
+def test_plateau_on_validation_that_does_not_run_every_epoch_uses_the_training_loss() -> None:
+    # dropout.yaml validates every 10th epoch: a scheduler stepping every epoch would find no val/loss
+    cli = run("fit", "dropout", "--model.init_args.scheduler", "torch.optim.lr_scheduler.ReduceLROnPlateau",
+              "--trainer.max_epochs", "12")
+    assert cli.trainer.lr_scheduler_configs[0].monitor == "train/loss"
+    assert cli.trainer.current_epoch == 12
+
+
+def test_non_finite_weights_are_never_saved() -> None:
+    from gpu_lessons.errors import NonFiniteLossError
+    from gpu_lessons.models import RegressionLesson
+
+    lesson = RegressionLesson()
+    state = lesson.state_dict()
+    state["net.layer2.bias"] = torch.tensor([float("inf")])
+    with pytest.raises(NonFiniteLossError, match="net.layer2.bias"):
+        lesson.on_save_checkpoint({"state_dict": state})

@@ -17,7 +17,7 @@ from gpu_lessons.data.batches import TensorBatches
 from gpu_lessons.data.images import read_digits
 from gpu_lessons.data.tensor_datamodule import Split, TensorDataModule
 from gpu_lessons.checkpointing import write_atomically
-from gpu_lessons.errors import DatasetMissingError
+from gpu_lessons.errors import DatasetMissingError, UserError
 
 Dataset = Literal["mnist", "fashion_mnist"]
 
@@ -128,8 +128,7 @@ class MNISTDataModule(TensorDataModule):
     def _missing_error(self, reason: str) -> DatasetMissingError:
         name = self.dataset_class.__name__
         hint = (
-            "MNIST: run `../shared/data/install-mnist DATA_DIR` where available, or copy the files from any machine "
-            "that has them."
+            "MNIST: any online run leaves them in its data_dir/MNIST/raw, to copy to this machine."
             if name == "MNIST"
             else "Fashion-MNIST: `apt-get install -y dataset-fashion-mnist` and copy /usr/share/datasets/fashion-mnist/"
             "*.gz into that folder."
@@ -141,16 +140,17 @@ class MNISTDataModule(TensorDataModule):
         )
 
     def _load(self, train: bool, transform: Any = None) -> datasets.MNIST:
-        if not self._files_present():
-            # .gz archives alone are unpacked by torchvision's download step (verified, no network needed).
-            self.prepare_data()
+        if not self._files_present():  # prepare_data did not run (a Trainer-less setup) or another node lacks them
+            self._unpack_archives()
+            if not self._files_present():
+                raise self._missing_error("setup never downloads (prepare_data does)")
         return self.dataset_class(self.data_dir, train=train, transform=transform, download=False)
 
     def _split_indices(self, num_train_images: int) -> tuple[Tensor, Tensor]:
         """Seeded (train, val) indices into the official training images."""
         val_size = self.hparams.val_size
         if val_size >= num_train_images:
-            raise ValueError(f"val_size={val_size} leaves no training images (the training set has {num_train_images})")
+            raise UserError(f"val_size={val_size} leaves no training images (the training set has {num_train_images})")
         order = torch.randperm(num_train_images, generator=torch.Generator().manual_seed(self.seed))
         return order[val_size:], order[:val_size]
 

@@ -48,13 +48,10 @@ class TensorDataModule(LightningDataModule):
         raise NotImplementedError
 
     def setup(self, stage: Optional[str] = None) -> None:
-        """Build the splits once (later calls are no-ops) and move them to the training device."""
-        if self.splits:
-            return
+        """Build the splits once and keep them on the training device (moved if a later trainer uses another)."""
         device = self._device()
-        self.splits = {
-            name: tuple(t.to(device) for t in tensors) for name, tensors in self.build_splits().items()
-        }
+        splits = self.splits or self.build_splits()
+        self.splits = {name: tuple(t.to(device) for t in tensors) for name, tensors in splits.items()}
 
     def _device(self) -> torch.device:
         if self.on_device and self.trainer is not None:

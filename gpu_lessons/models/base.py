@@ -76,8 +76,8 @@ class Lesson(LightningModule):
         scheduler: Builds an LR scheduler from the optimizer, or ``None``. ReduceLROnPlateau gets ``monitor``
             set automatically; OneCycleLR gets ``total_steps`` from the trainer when not given and, like
             CyclicLR, steps every batch.
-        monitor: Metric that ReduceLROnPlateau (and the CLI's checkpointing) watches. Falls back to
-            ``train/loss`` when no validation runs.
+        monitor: Metric that ReduceLROnPlateau watches. Falls back to ``train/loss`` when validation does not run
+            every epoch. (The CLI's checkpoints watch ``--checkpoint.monitor``, ``val/loss`` by default.)
     """
 
     def __init__(
@@ -168,7 +168,7 @@ class Lesson(LightningModule):
             targets = targets.to(outputs.dtype)
         loss = self.loss_fn(outputs, targets)
         # Binary accuracy gets probabilities: torchmetrics would otherwise guess whether these are logits.
-        preds = outputs.sigmoid() if self.task == "binary" else outputs.detach()
+        preds = (outputs.sigmoid() if self.task == "binary" else outputs).detach()
         return loss, preds, targets
 
     def on_train_start(self) -> None:
@@ -189,9 +189,10 @@ class Lesson(LightningModule):
         """Stop at the first non-finite loss, naming the step, instead of training on NaNs."""
         bad = ~torch.isfinite(loss.detach())
         step = self.global_step + 1  # 1-based: the step whose loss this is
-        if self.device.type == "cpu":  # reading a CPU value back costs nothing
-            if bad:
-                raise NonFiniteLossError(self._nonfinite_message(f"{loss.item()}", step, batch_idx))
+        if self.device.type == "cpu":  # reading a CPU value back costs nothing: check every step
+            if self._on_any_process(bool(bad)):
+                value = f"{loss.item()}" if bad else "NaN or infinite on another process"
+                raise NonFiniteLossError(self._nonfinite_message(value, step, batch_idx))
             return
         if self._first_nonfinite_step is None:
             self._first_nonfinite_step = torch.zeros((), dtype=torch.long, device=self.device)
@@ -201,8 +202,17 @@ class Lesson(LightningModule):
             self._raise_if_nonfinite_seen()
 
     def _raise_if_nonfinite_seen(self) -> None:
-        if self._first_nonfinite_step is not None and (step := int(self._first_nonfinite_step)) > 0:
-            raise NonFiniteLossError(self._nonfinite_message("NaN or infinite", step, None))
+        step = 0 if self._first_nonfinite_step is None else int(self._first_nonfinite_step)
+        if self._on_any_process(step > 0):
+            where = "NaN or infinite" if step else "NaN or infinite on another process"
+            raise NonFiniteLossError(self._nonfinite_message(where, step or self.global_step, None))
+
+    def _on_any_process(self, flag: bool) -> bool:
+        """Whether ``flag`` holds on any process: under DDP all ranks must stop together, or the others would wait
+        forever in the gradient all-reduce."""
+        if self._trainer is None or self._trainer.world_size == 1:
+            return flag
+        return self._trainer.strategy.reduce_boolean_decision(flag, all=False)
 
     def _nonfinite_message(self, value: str, step: int, batch_idx: Optional[int]) -> str:
         where = f"step {step} (epoch {self.current_epoch}" + (f", batch {batch_idx})" if batch_idx is not None else ")")
@@ -212,12 +222,12 @@ class Lesson(LightningModule):
         )
 
     def on_train_epoch_end(self) -> None:
-        """Log the epoch's mean training loss and metric (after catching a non-finite loss recorded on a GPU)."""
+        """Log the epoch's mean training loss and metric (after catching a non-finite loss recorded on a GPU).
+
+        Logging the metric objects lets Lightning compute (and sync across processes) and reset them."""
         self._raise_if_nonfinite_seen()
-        self.log("train/loss", self.train_loss.compute(), prog_bar=True)
-        self.log(f"train/{self.metric_name}", self.train_metric.compute(), prog_bar=True)
-        self.train_loss.reset()
-        self.train_metric.reset()
+        self.log("train/loss", self.train_loss, prog_bar=True)
+        self.log(f"train/{self.metric_name}", self.train_metric, prog_bar=True)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Refuse to save non-finite weights; store the RNG states so a resumed run draws the same dropout masks."""
@@ -230,7 +240,8 @@ class Lesson(LightningModule):
                 )
         checkpoint["rng_states"] = {
             "torch": torch.get_rng_state(),
-            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else [],
+            # This process's device only: under DDP each rank has its own, and only rank zero's is written.
+            "cuda": torch.cuda.get_rng_state() if torch.cuda.is_initialized() else None,
             "python": random.getstate(),
         }
 
@@ -240,14 +251,14 @@ class Lesson(LightningModule):
         if states is None or self._trainer is None or self._trainer.state.fn != "fit":
             return  # plain loading (load_from_checkpoint, test, predict) leaves the global RNG alone
         torch.set_rng_state(states["torch"])
-        if states["cuda"] and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(states["cuda"])
+        if states["cuda"] is not None and torch.cuda.is_available():
+            torch.cuda.set_rng_state(states["cuda"])
         random.setstate(states["python"])
 
     def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
         """Accumulates the validation loss and metric."""
         loss, preds, targets = self.model_step(batch)
-        self.val_metric(preds, targets)
+        self.val_metric.update(preds, targets)
         self.log("val/loss", loss, on_step=False, on_epoch=True, prog_bar=True, sync_dist=True)
         self.log(f"val/{self.metric_name}", self.val_metric, on_step=False, on_epoch=True, prog_bar=True)
 
@@ -259,7 +270,7 @@ class Lesson(LightningModule):
     def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
         """Accumulates the test loss and metric."""
         loss, preds, targets = self.model_step(batch)
-        self.test_metric(preds, targets)
+        self.test_metric.update(preds, targets)
         self.log("test/loss", loss, on_step=False, on_epoch=True, sync_dist=True)
         self.log(f"test/{self.metric_name}", self.test_metric, on_step=False, on_epoch=True)
 
@@ -324,11 +335,12 @@ class Lesson(LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": config}
 
     def _plateau_monitor(self) -> str:
-        """``self.monitor``, unless it is a validation metric and validation never runs in this fit."""
+        """``self.monitor``, unless it is a validation metric and validation does not run every epoch in this fit
+        (the scheduler steps every epoch and would find no value, or a stale one)."""
         trainer = self.trainer
         datamodule = getattr(trainer, "datamodule", None)
         has_val_data = datamodule is None or is_overridden("val_dataloader", datamodule)
-        validates = trainer.limit_val_batches != 0 and has_val_data
+        validates = trainer.limit_val_batches != 0 and trainer.check_val_every_n_epoch == 1 and has_val_data
         if self.monitor.startswith("val/") and not validates:
             return self.monitor.replace("val/", "train/", 1)
         return self.monitor
