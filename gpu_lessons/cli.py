@@ -19,7 +19,6 @@ import sys
 from pathlib import Path
 from typing import Any, Optional
 
-import torch
 from jsonargparse import Namespace
 from lightning.fabric.plugins import CheckpointIO
 from lightning.pytorch import Callback, LightningDataModule, LightningModule, Trainer
@@ -28,6 +27,7 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveCon
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from gpu_lessons.checkpointing import AtomicCheckpointIO, load_checkpoint
+from gpu_lessons.cuda import cuda_unavailable_reason
 from gpu_lessons.errors import CheckpointError, UserError, print_error
 from gpu_lessons.models.base import Lesson
 from gpu_lessons.pictures import LessonPictures
@@ -37,21 +37,6 @@ _GPU_ACCELERATORS = ("gpu", "cuda")
 _LOGGER_DEFAULT_NAME = "lightning_logs"  # TensorBoardLogger's and CSVLogger's own default for ``name``
 _LIGHTNING_CKPT_ALIASES = ("last", "best", "hpc", "registry")
 SIGTERM_EXIT_CODE = 143  # 128 + SIGTERM, what a shell reports for a process ended by SIGTERM
-
-def cuda_unavailable_reason() -> Optional[str]:
-    """Why CUDA cannot be used here and how to fix it, or ``None`` when it can."""
-    if torch.cuda.is_available():
-        return None
-    if torch.version.cuda is None:
-        return (
-            "this torch build has no CUDA support (a CPU-only wheel); install a CUDA build, "
-            "e.g. `pip install torch --index-url https://download.pytorch.org/whl/cu124`"
-        )
-    return (
-        f"torch is built with CUDA {torch.version.cuda} but sees no GPU: no NVIDIA driver or device is visible "
-        "(check `nvidia-smi` and CUDA_VISIBLE_DEVICES)"
-    )
-
 
 class NonOverwritingSaveConfigCallback(SaveConfigCallback):
     """Saves the run's config beside its logs; if a ``config.yaml`` is already there, writes ``config-N.yaml``."""

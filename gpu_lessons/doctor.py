@@ -18,7 +18,7 @@ from typing import Optional, Union
 
 import torch
 
-from gpu_lessons.cli import cuda_unavailable_reason
+from gpu_lessons.cuda import cuda_unavailable_reason
 
 
 def environment_report() -> list[str]:

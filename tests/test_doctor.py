@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from gpu_lessons import doctor
-from gpu_lessons.cli import cuda_unavailable_reason
+from gpu_lessons.cuda import cuda_unavailable_reason
 
 SMALL = ["--size", "64", "--repeats", "2"]
 
