@@ -11,11 +11,12 @@ any other object, so there is nothing to close.
 
 from __future__ import annotations
 
+import argparse
 import math
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, Union
 
 import numpy as np
 import PIL.Image
@@ -30,6 +31,9 @@ from matplotlib.lines import Line2D
 from matplotlib.ticker import MaxNLocator, PercentFormatter
 from torch import Tensor
 from torchmetrics.classification import MulticlassConfusionMatrix
+
+from gpu_lessons.checkpointing import load_checkpoint, write_atomically
+from gpu_lessons.errors import UserError, print_error
 
 Predict = Callable[[Tensor], Tensor]
 Split = Sequence[Tensor]
@@ -320,10 +324,7 @@ class LessonPictures(Callback):
         try:
             with _evaluating(pl_module):
                 for name, figure in draw(trainer, pl_module):
-                    # Render once and reuse the pixels for the PNG and TensorBoard (rendering is the slow part).
-                    canvas = FigureCanvasAgg(figure)
-                    canvas.draw()
-                    rgb = np.asarray(canvas.buffer_rgba())[..., :3]
+                    rgb = render(figure)  # once, for both the PNG and TensorBoard: rendering is the slow part
                     folder.mkdir(parents=True, exist_ok=True)
                     PIL.Image.fromarray(rgb).save(folder / f"{name}.png")
                     for logger in trainer.loggers:
@@ -350,3 +351,47 @@ def _predictor(trainer: Trainer, pl_module: LightningModule) -> Predict:
             return pl_module.predictions(pl_module(inputs.to(pl_module.device))).float().cpu()
 
     return predict
+
+
+def render(figure: Figure) -> np.ndarray:
+    """The figure's pixels, ``[height, width, 3]`` uint8."""
+    canvas = FigureCanvasAgg(figure)
+    canvas.draw()
+    return np.asarray(canvas.buffer_rgba())[..., :3]
+
+
+def compare_runs(checkpoints: Sequence[Union[str, Path]], output: Union[str, Path]) -> Path:
+    """Draw the learning curves of several runs one above the other (say ``overfit`` vs ``dropout``) into ``output``.
+
+    The curves come from each run's checkpoint, where :class:`LessonPictures` keeps them; ``output`` is never
+    overwritten.
+    """
+    output = Path(output)
+    if output.exists():
+        raise UserError(f"{output} already exists; delete it or choose another --output")
+    runs: dict[str, History] = {}
+    for path in map(Path, checkpoints):
+        history = load_checkpoint(path).get("callbacks", {}).get(LessonPictures.__qualname__, {}).get("history")
+        if not history:
+            raise UserError(f"{path} holds no learning curves (it was not written by `python -m gpu_lessons fit`)")
+        runs[f"{path.parent.name}/{path.stem}"] = history
+    write_atomically(output, lambda file: PIL.Image.fromarray(render(learning_curves_figure(runs))).save(file, "PNG"))
+    return output
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    """``python -m gpu_lessons.pictures CKPT CKPT... --output compare.png``: runs' learning curves side by side."""
+    parser = argparse.ArgumentParser(prog="python -m gpu_lessons.pictures", description=compare_runs.__doc__.splitlines()[0])
+    parser.add_argument("checkpoints", nargs="+", help="the runs' checkpoints, e.g. checkpoints/overfit/last.ckpt")
+    parser.add_argument("--output", required=True, help="the PNG file to write")
+    args = parser.parse_args(argv)
+    try:
+        print(f"wrote {compare_runs(args.checkpoints, args.output)}")
+    except UserError as error:
+        print_error(error)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -141,3 +141,21 @@ def test_confusion_matrix_and_misclassified_digits() -> None:
     figure = misclassified_figure(images, targets, preds, max_images=4)
     assert [ax.get_title() for ax in figure.axes if ax.get_title()] == ["1→2"]
     assert len(figure.axes) == 4  # a 2×2 grid
+
+
+def test_overfit_and_dropout_runs_compared_side_by_side(tmp_path: Path, capsys) -> None:
+    from gpu_lessons.pictures import main as pictures_main
+
+    run("fit", "overfit", "--trainer.max_epochs", "20")
+    run("fit", "dropout", "--trainer.max_epochs", "20")
+    checkpoints = ["checkpoints/overfit/last.ckpt", "checkpoints/dropout/last.ckpt"]
+    assert pictures_main([*checkpoints, "--output", "compare.png"]) == 0
+    single = Image.open(next(Path("lightning_logs/overfit").rglob("learning_curves.png")))
+    compared = Image.open("compare.png")
+    assert compared.width >= 300 and compared.height > single.height  # one row of panels per run
+    before = Path("compare.png").read_bytes()
+    assert pictures_main([*checkpoints, "--output", "compare.png"]) == 2  # never overwritten
+    assert Path("compare.png").read_bytes() == before
+    torch.save({"state_dict": {}}, "bare.ckpt")
+    assert pictures_main(["bare.ckpt", "--output", "other.png"]) == 2
+    assert "holds no learning curves" in capsys.readouterr().err
