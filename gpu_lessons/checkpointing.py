@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import pickle
 import secrets
+import sys
 import zipfile
 from pathlib import Path
 from typing import IO, Any, Callable, Optional, Union
@@ -14,7 +15,7 @@ from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 
 from gpu_lessons.errors import CheckpointError
 
-PathLike = Union[str, Path]
+PathLike = Union[str, "os.PathLike[str]"]
 
 
 def load_checkpoint(path: PathLike, map_location: Any = "cpu") -> dict[str, Any]:
@@ -41,6 +42,17 @@ def load_checkpoint(path: PathLike, map_location: Any = "cpu") -> dict[str, Any]
     if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
         raise CheckpointError(f"{path} is a PyTorch file but not a Lightning checkpoint (it has no state_dict)")
     return checkpoint
+
+
+def imported_class(class_path: str) -> Optional[type]:
+    """The class a checkpoint names, if its module is already imported, else ``None``.
+
+    Never imports: importing a module because a checkpoint names it would run that module's code. Different spellings
+    of one class (``gpu_lessons.models.CNNLesson``, ``gpu_lessons.models.cnn.CNNLesson``) give the same class.
+    """
+    module, _, name = class_path.rpartition(".")
+    found = getattr(sys.modules.get(module), name, None)
+    return found if isinstance(found, type) else None
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):

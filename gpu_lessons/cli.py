@@ -26,7 +26,7 @@ from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, Pr
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-from gpu_lessons.checkpointing import AtomicCheckpointIO, load_checkpoint
+from gpu_lessons.checkpointing import AtomicCheckpointIO, imported_class, load_checkpoint
 from gpu_lessons.cuda import cuda_unavailable_reason
 from gpu_lessons.errors import CheckpointError, UserError, print_error
 from gpu_lessons.models.base import Lesson
@@ -144,7 +144,9 @@ class LessonCLI(LightningCLI):
             checkpoint = load_checkpoint(ckpt_path)
             trained_by = checkpoint.get("hyper_parameters", {}).get("_class_path")
             configured = config.model.class_path if config.get("model") else None
-            if trained_by and configured and _imported(trained_by) is not _imported(configured):
+            if trained_by and configured and (imported_class(trained_by) or trained_by) is not (
+                imported_class(configured) or configured
+            ):
                 raise CheckpointError(
                     f"{ckpt_path} was trained by {trained_by}, but the config's model is {configured}; "
                     "use that lesson's config (or the matching checkpoint)"
@@ -205,13 +207,6 @@ def _ensure_writable(folder: Path, what: str) -> None:
         raise UserError(f"cannot write {what} to {folder}: {existing} is a file, not a folder")
     if not os.access(existing, os.W_OK | os.X_OK):
         raise UserError(f"cannot write {what} to {folder}: {existing} is not writable")
-
-
-def _imported(class_path: str) -> Any:
-    """The class at ``class_path`` if its module is already imported (never import what a checkpoint names), else the
-    path itself; so ``gpu_lessons.models.CNNLesson`` and ``gpu_lessons.models.cnn.CNNLesson`` compare equal."""
-    module, _, name = class_path.rpartition(".")
-    return getattr(sys.modules.get(module), name, class_path)
 
 
 def _default_run_name(config: Namespace) -> str:

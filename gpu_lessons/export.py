@@ -10,20 +10,17 @@ from __future__ import annotations
 
 import argparse
 import inspect
-import os
-import sys
 from pathlib import Path
-from typing import Optional, Union
+from typing import Optional
 
 import torch
 from torch import nn
 
 from gpu_lessons import models
-from gpu_lessons.checkpointing import load_checkpoint, write_atomically
+from gpu_lessons.checkpointing import PathLike, imported_class, load_checkpoint, write_atomically
 from gpu_lessons.errors import CheckpointError, UserError, print_error
 from gpu_lessons.models import Lesson
 
-PathLike = Union[str, os.PathLike]
 
 LESSONS: dict[str, type[Lesson]] = {
     name: obj
@@ -41,7 +38,9 @@ def load_lesson(checkpoint_path: PathLike, lesson_class: Optional[type[Lesson]] 
     checkpoint = load_checkpoint(checkpoint_path)  # missing, unreadable, unsafe or not Lightning's: a clear error
     class_path = checkpoint.get("hyper_parameters", {}).get("_class_path")
     if class_path is not None:
-        recorded = _imported_lesson_class(checkpoint_path, class_path)
+        recorded = imported_class(class_path)
+        if recorded is None or not issubclass(recorded, Lesson):
+            raise CheckpointError(f"{checkpoint_path} holds a {class_path}, which is not an imported Lesson subclass")
         if lesson_class is not None and not issubclass(recorded, lesson_class):
             raise CheckpointError(f"{checkpoint_path} holds a {recorded.__name__}, not a {lesson_class.__name__}")
         lesson_class = recorded
@@ -115,15 +114,6 @@ def loading_hint(lesson: Lesson, output_path: PathLike) -> str:
         ]
     )
 
-
-def _imported_lesson_class(path: PathLike, class_path: str) -> type[Lesson]:
-    """The lesson class a checkpoint names, looked up among the imported modules only."""
-    # Like Lightning, never import a module because a checkpoint names it: that would run its code.
-    module_name, _, name = class_path.rpartition(".")
-    lesson_class = getattr(sys.modules.get(module_name), name, None)
-    if not (isinstance(lesson_class, type) and issubclass(lesson_class, Lesson)):
-        raise CheckpointError(f"{path} holds a {class_path}, which is not an imported Lesson subclass")
-    return lesson_class
 
 
 def _one_line(error: BaseException) -> str:
