@@ -348,7 +348,7 @@ def _predictor(trainer: Trainer, pl_module: LightningModule) -> Predict:
 
     def predict(inputs: Tensor) -> Tensor:
         with trainer.precision_plugin.forward_context():
-            return pl_module.predictions(pl_module(inputs.to(pl_module.device))).float().cpu()
+            return pl_module.predict_step(inputs.to(pl_module.device), 0).float().cpu()
 
     return predict
 

@@ -13,7 +13,6 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Subset
 from torchvision import datasets, transforms
 
-from gpu_lessons.data.batches import TensorBatches
 from gpu_lessons.data.images import read_digits
 from gpu_lessons.data.tensor_datamodule import Split, TensorDataModule
 from gpu_lessons.checkpointing import write_atomically
@@ -82,7 +81,6 @@ class MNISTDataModule(TensorDataModule):
         # How predictions name the classes: "digit 7", "Ankle boot".
         self.class_names = [f"digit {i}" for i in range(10)] if dataset == "mnist" else list(self.dataset_class.classes)
         self._torchvision_splits: dict[str, Any] = {}
-        self._predict_digits: Optional[Tensor] = None
         self.predict_names: list[str] = []  # the files of ``predict_images``, in prediction order
 
     @property
@@ -170,8 +168,9 @@ class MNISTDataModule(TensorDataModule):
         """Load the splits once; with ``loader="tensor"`` they go to the training device. Predicting
         ``predict_images`` reads only those."""
         if stage == "predict" and self.hparams.predict_images is not None:
-            if self._predict_digits is None:
-                self._predict_digits, self.predict_names = read_digits(self.hparams.predict_images)
+            if "predict" not in self.splits:  # served by the base class's predict split, like the synthetic data's
+                digits, self.predict_names = read_digits(self.hparams.predict_images)
+                self.splits = {**self.splits, "predict": (digits.to(self._device()),)}
         elif self.hparams.loader == "tensor":
             super().setup(stage)
         elif not self._torchvision_splits:
@@ -211,8 +210,8 @@ class MNISTDataModule(TensorDataModule):
 
     def predict_dataloader(self) -> Any:
         """The pictures of ``predict_images`` (uint8, like the splits), else the test images."""
-        if self._predict_digits is not None:
-            return TensorBatches(self._predict_digits, batch_size=self.eval_batch_size)
+        if "predict" in self.splits:
+            return super().predict_dataloader()
         return self._dataloader("test", train=False)
 
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:

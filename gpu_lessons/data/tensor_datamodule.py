@@ -50,7 +50,8 @@ class TensorDataModule(LightningDataModule):
     def setup(self, stage: Optional[str] = None) -> None:
         """Build the splits once and keep them on the training device (moved if a later trainer uses another)."""
         device = self._device()
-        splits = self.splits or self.build_splits()
+        # Built once ("train" is always built); splits a subclass added on its own (e.g. pictures to predict) stay.
+        splits = self.splits if "train" in self.splits else {**self.build_splits(), **self.splits}
         self.splits = {name: tuple(t.to(device) for t in tensors) for name, tensors in splits.items()}
 
     def _device(self) -> torch.device:
