@@ -64,7 +64,11 @@ def test_config_instantiates_what_it_configures(path: Path, tmp_path: Path, monk
     optimizer_spec = raw["model"]["init_args"]["optimizer"]
     optimizer = cli.model.optimizer_factory(cli.model.parameters())
     assert f"{type(optimizer).__module__}.{type(optimizer).__name__}".endswith(optimizer_spec["class_path"].rsplit(".", 1)[-1])
-    assert optimizer.defaults["lr"] == optimizer_spec["init_args"]["lr"]
+    for name, value in optimizer_spec["init_args"].items():
+        built = optimizer.defaults[name]
+        assert (list(built) if isinstance(built, tuple) else built) == value, name
+    if cli.model.task == "multiclass":
+        assert cli.model.loss_fn.label_smoothing == raw["model"]["init_args"].get("label_smoothing", 0.0)
     scheduler_spec = raw["model"]["init_args"].get("scheduler")
     scheduler_class = factory_class(cli.model.scheduler_factory)
     if scheduler_spec is None:

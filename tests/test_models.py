@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 import torch
 
@@ -10,6 +12,7 @@ from gpu_lessons.models import (
     BlobClassifierNet,
     CNNLesson,
     DropoutLesson,
+    Lesson,
     MLPLesson,
     MNISTNet,
     OverfitNet,
@@ -93,3 +96,30 @@ def test_bad_lesson_arguments_name_the_problem(kwargs: dict, message: str) -> No
 def test_bad_dropout_names_the_problem() -> None:
     with pytest.raises(ValueError, match="dropout must be a probability"):
         DropoutLesson(dropout=1.5)
+
+
+@pytest.mark.parametrize("lesson_class", [MLPLesson, CNNLesson])
+def test_label_smoothing_is_the_cross_entropy_with_smoothed_targets(lesson_class: type) -> None:
+    images, labels = torch.randn(6, 1, 28, 28), torch.tensor([0, 1, 2, 3, 4, 9])
+    smoothed = lesson_class(label_smoothing=0.1)
+    plain = lesson_class()
+    plain.load_state_dict(smoothed.state_dict())  # same weights: only the loss differs
+    logits = smoothed(images)
+    loss, _, _ = smoothed.model_step((images, labels))
+    torch.testing.assert_close(loss, torch.nn.functional.cross_entropy(logits, labels, label_smoothing=0.1))
+    plain_loss, _, _ = plain.model_step((images, labels))
+    torch.testing.assert_close(plain_loss, torch.nn.functional.cross_entropy(logits, labels))
+    assert not torch.isclose(loss, plain_loss)
+
+
+@pytest.mark.parametrize(
+    ("make_lesson", "message"),
+    [
+        (lambda: MLPLesson(label_smoothing=1.0), r"label_smoothing must be in \[0, 1\), got 1.0"),
+        (lambda: CNNLesson(label_smoothing=-0.1), r"label_smoothing must be in \[0, 1\), got -0.1"),
+        (lambda: Lesson(SimpleNet("none"), task="regression", label_smoothing=0.1), "not task='regression'"),
+    ],
+)
+def test_bad_label_smoothing_names_the_problem(make_lesson: Any, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        make_lesson()

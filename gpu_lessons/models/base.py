@@ -78,6 +78,9 @@ class Lesson(LightningModule):
             CyclicLR, steps every batch.
         monitor: Metric that ReduceLROnPlateau watches. Falls back to ``train/loss`` when validation does not run
             every epoch. (The CLI's checkpoints watch ``--checkpoint.monitor``, ``val/loss`` by default.)
+        label_smoothing: ``multiclass`` only: the cross-entropy's target is ``1 - label_smoothing`` on the true
+            class and the rest spread evenly (``nn.CrossEntropyLoss(label_smoothing=...)``); it keeps a short,
+            high-learning-rate run from becoming over-confident. ``0`` is plain cross-entropy.
     """
 
     def __init__(
@@ -88,6 +91,7 @@ class Lesson(LightningModule):
         optimizer: OptimizerCallable = torch.optim.Adam,
         scheduler: Optional[LRSchedulerCallable] = None,
         monitor: str = "val/loss",
+        label_smoothing: float = 0.0,
     ) -> None:
         super().__init__()
         # Factories are code, not data: keeping them out of the hyperparameters keeps every checkpoint loadable
@@ -100,6 +104,10 @@ class Lesson(LightningModule):
         self.monitor = monitor
         self._first_nonfinite_step: Optional[Tensor] = None
         self._check_optimizer_arguments()
+        if not 0.0 <= label_smoothing < 1.0:
+            raise ValueError(f"label_smoothing must be in [0, 1), got {label_smoothing!r}")
+        if label_smoothing and task != "multiclass":
+            raise ValueError(f"label_smoothing is for task='multiclass' (cross-entropy), not task={task!r}")
 
         if task == "regression":
             self.loss_fn: nn.Module = nn.MSELoss()
@@ -114,7 +122,7 @@ class Lesson(LightningModule):
         elif task == "multiclass":
             if not num_classes or num_classes < 2:
                 raise ValueError(f"task='multiclass' needs num_classes >= 2, got {num_classes!r}")
-            self.loss_fn = nn.CrossEntropyLoss()
+            self.loss_fn = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
             self.metric_name = "acc"
             make_metric = functools.partial(Accuracy, task="multiclass", num_classes=num_classes)
             self.val_metric_best = MaxMetric()

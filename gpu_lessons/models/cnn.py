@@ -41,11 +41,20 @@ class CNNLesson(Lesson):
     Args:
         optimizer: Optimizer factory (the course uses Adam, lr 0.001).
         scheduler: Optional LR scheduler factory.
+        label_smoothing: Cross-entropy label smoothing (the course uses none, ``0``).
     """
 
     def __init__(
         self,
         optimizer: OptimizerCallable = torch.optim.Adam,
         scheduler: Optional[LRSchedulerCallable] = None,
+        label_smoothing: float = 0.0,
     ) -> None:
-        super().__init__(CNN(), task="multiclass", num_classes=10, optimizer=optimizer, scheduler=scheduler)
+        super().__init__(
+            CNN(),
+            task="multiclass",
+            num_classes=10,
+            optimizer=optimizer,
+            scheduler=scheduler,
+            label_smoothing=label_smoothing,
+        )
