@@ -128,9 +128,12 @@ class Lesson(LightningModule):
             self.val_metric_best = MaxMetric()
         else:
             raise ValueError(f"unknown task {task!r}: expected 'regression', 'binary' or 'multiclass'")
-        # One metric object per stage so their states never mix.
-        self.train_metric = make_metric()
-        self.train_loss = MeanMetric()
+        # One metric object per stage so their states never mix. The training ones update every step, so they skip
+        # the accuracy's input checks and the mean's NaN scan: both read values back from a GPU (a host sync per
+        # step). A NaN loss is the NaN guard's job, and it then shows in the epoch's mean instead of being dropped.
+        # (MeanSquaredError only checks shapes.)
+        self.train_metric = make_metric() if task == "regression" else make_metric(validate_args=False)
+        self.train_loss = MeanMetric(nan_strategy="disable")
         self.val_metric = make_metric()
         self.test_metric = make_metric()
 
@@ -175,8 +178,9 @@ class Lesson(LightningModule):
             outputs = outputs.squeeze(-1)
             targets = targets.to(outputs.dtype)
         loss = self.loss_fn(outputs, targets)
-        # Binary accuracy gets probabilities: torchmetrics would otherwise guess whether these are logits.
-        preds = (outputs.sigmoid() if self.task == "binary" else outputs).detach()
+        # Binary accuracy gets the predicted class (logit > 0, i.e. probability > 0.5): given floats, torchmetrics
+        # would first check whether they are logits or probabilities.
+        preds = (outputs > 0 if self.task == "binary" else outputs).detach()
         return loss, preds, targets
 
     def on_train_start(self) -> None:
