@@ -8,13 +8,15 @@ For each lesson it runs, in this order and on the same device:
   Adam 1e-3, 5 epochs), re-implemented here as the baseline every learner already has;
 * ``plain loop, package data``: a hand-written loop over the package's device-resident batches with the shipped
   config's model, optimizer and schedule, validating every epoch like Lightning does: the floor for Lightning;
-* ``gpu_lessons fit``: ``Trainer.fit`` with the shipped config (in a fresh process, pictures off: they are drawn
-  after training), then its test accuracy;
+* ``gpu_lessons fit``: ``Trainer.fit`` with the shipped config (pictures off: they are drawn after training), then
+  its test accuracy. This and the plain loop each run in a fresh process, timed from the start of training (data
+  setup included) to the last validation, with the CUDA context already created;
 * ``gpu_lessons fit`` command: the wall time of ``python -m gpu_lessons fit --config configs/<lesson>.yaml``,
   interpreter start, imports, data loading and checkpointing included.
 
-It prints a Markdown table: fit seconds, whole-command seconds, test accuracy, speed-up over the course loop,
-and Lightning's overhead over the plain loop on the same data path.
+The plain loop, ``fit`` and the command run ``--repeats`` times (interleaved) and the median counts: on a shared
+machine single timings drift by 10 % or more. It prints a Markdown table: fit seconds, whole-command seconds, test
+accuracy, speed-up over the course loop, and Lightning's overhead over the plain loop on the same data path.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -138,21 +141,29 @@ def evaluate(model: Any, datamodule: Any, batches: Any) -> float:
     return correct.item() / count
 
 
-def lightning_fit(lesson: str, data_dir: Path, device: torch.device, workdir: Path) -> dict[str, float]:
-    """``Trainer.fit`` with the shipped config in a fresh process; returns its fit time and test accuracy."""
-    script = (
-        "import json, sys, time\n"
-        "from gpu_lessons.cli import LessonCLI\n"
-        "cli = LessonCLI(args=sys.argv[1:], run=False)\n"
-        "start = time.perf_counter()\n"
-        "cli.trainer.fit(cli.model, datamodule=cli.datamodule)\n"
-        "fit_s = time.perf_counter() - start\n"
-        "acc = cli.trainer.test(cli.model, datamodule=cli.datamodule, verbose=False)[0]['test/acc']\n"
-        "print('RESULT ' + json.dumps({'fit_s': fit_s, 'test_acc': acc}))\n"
-    )
-    # Pictures are drawn after training and are not part of the loop being compared; the command column has them.
+def lightning_fit(lesson: str, data_dir: Path, device: torch.device) -> dict[str, float]:
+    """``Trainer.fit`` with the shipped config; returns its fit time and test accuracy.
+
+    Pictures are off: they are drawn after training and are not part of the loop being compared (the command column
+    has them)."""
     args = [*shipped_config_args(lesson, data_dir, device), "--run_name", f"bench_{lesson}", "--pictures.enabled", "false"]
-    output = run_python(["-c", script, *args], workdir)
+    with mock.patch.object(sys, "argv", [sys.argv[0]]):
+        cli = LessonCLI(args=args, run=False)
+    start = time.perf_counter()
+    cli.trainer.fit(cli.model, datamodule=cli.datamodule)
+    synchronize(device)
+    fit_seconds = time.perf_counter() - start
+    accuracy = cli.trainer.test(cli.model, datamodule=cli.datamodule, verbose=False)[0]["test/acc"]
+    return {"fit_s": fit_seconds, "test_acc": accuracy}
+
+
+MEASUREMENTS = {"plain": plain_loop, "fit": lightning_fit}
+
+
+def in_fresh_process(kind: str, lesson: str, data_dir: Path, device: torch.device, workdir: Path) -> dict[str, float]:
+    """Runs ``plain_loop`` or ``lightning_fit`` in a new interpreter, so both start equally cold."""
+    args = [__file__, "--measure", kind, "--lessons", lesson, "--data_dir", str(data_dir), "--device", str(device)]
+    output = run_python(args, workdir)
     line = next(line for line in output.splitlines() if line.startswith("RESULT "))
     return json.loads(line.removeprefix("RESULT "))
 
@@ -181,9 +192,17 @@ def main() -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--lessons", nargs="+", default=["mlp", "cnn"], choices=sorted(NETS))
     parser.add_argument("--skip_course", action="store_true", help="leave out the (slow) course loop")
+    parser.add_argument("--repeats", type=int, default=3, help="runs of the plain loop and of fit; the median counts")
+    parser.add_argument("--measure", choices=sorted(MEASUREMENTS), help=argparse.SUPPRESS)  # in_fresh_process's child
     args = parser.parse_args()
     device = torch.device(args.device)
     data_dir = args.data_dir.resolve()
+    if args.measure:
+        if device.type == "cuda":  # creating the CUDA context is the command's cost, not the training loop's
+            torch.zeros(1, device=device)
+            synchronize(device)
+        print("RESULT " + json.dumps(MEASUREMENTS[args.measure](args.lessons[0], data_dir, device)), flush=True)
+        return
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
     print(f"device: {name}; torch {torch.__version__}", flush=True)
 
@@ -191,23 +210,37 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as workdir:
         for lesson in args.lessons:
             course = None if args.skip_course else course_loop(lesson, data_dir, device)
-            plain = plain_loop(lesson, data_dir, device)
-            fitted = lightning_fit(lesson, data_dir, device, Path(workdir))
-            command_s = fit_command(lesson, data_dir, device, Path(workdir))
+            # Interleaved, so a machine that gets busier or cooler partway through slows both sides alike.
+            plains, fits, commands = [], [], []
+            for _ in range(args.repeats):
+                plains.append(in_fresh_process("plain", lesson, data_dir, device, Path(workdir)))
+                fits.append(in_fresh_process("fit", lesson, data_dir, device, Path(workdir)))
+                commands.append(fit_command(lesson, data_dir, device, Path(workdir)))
+            plain, fitted = median_run(plains), median_run(fits)
+            command_s = statistics.median(commands)
             if course:
-                rows.append((lesson, "course loop (batch 32, DataLoader)", course["fit_s"], None, course["test_acc"], 1.0))
-            rows.append((lesson, "plain loop, package data path", plain["fit_s"], None, plain["test_acc"], course and course["fit_s"] / plain["fit_s"]))
-            rows.append((lesson, "gpu_lessons fit (Lightning)", fitted["fit_s"], command_s, fitted["test_acc"], course and course["fit_s"] / fitted["fit_s"]))
+                rows.append((lesson, "course loop (batch 32, DataLoader)", course, None, 1.0, None))
+            rows.append((lesson, "plain loop, package data path", plain, None, course and course["fit_s"] / plain["fit_s"], None))
             overhead = fitted["fit_s"] / plain["fit_s"] - 1
-            print(f"{lesson}: Lightning overhead over the plain loop on the same data path: {overhead:+.1%}", flush=True)
+            speedup = course and course["fit_s"] / fitted["fit_s"]
+            rows.append((lesson, "gpu_lessons fit (Lightning)", fitted, command_s, speedup, overhead))
+            print(f"{lesson}: fit {[round(f['fit_s'], 2) for f in fits]} s, plain {[round(p['fit_s'], 2) for p in plains]} s; "
+                  f"Lightning overhead over the plain loop: {overhead:+.1%}", flush=True)
 
-    print(f"\n{name}\n")
-    print("| lesson | run | fit s | command s | test acc | speed-up vs course |")
-    print("|---|---|---|---|---|---|")
-    for lesson, label, fit_s, command_s, acc, speedup in rows:
+    repeats = f", median of {args.repeats} runs" if args.repeats > 1 else ""
+    print(f"\n{name}{repeats}\n")
+    print("| lesson | run | fit s | command s | test acc | speed-up vs course | overhead vs plain loop |")
+    print("|---|---|---|---|---|---|---|")
+    for lesson, label, result, command_s, speedup, overhead in rows:
         command = f"{command_s:.1f}" if command_s is not None else ""
         speed = f"{speedup:.1f}x" if speedup else ""
-        print(f"| {lesson} | {label} | {fit_s:.2f} | {command} | {acc:.2%} | {speed} |")
+        extra = f"{overhead:+.0%}" if overhead is not None else ""
+        print(f"| {lesson} | {label} | {result['fit_s']:.2f} | {command} | {result['test_acc']:.2%} | {speed} | {extra} |")
+
+
+def median_run(results: list[dict[str, float]]) -> dict[str, float]:
+    """The run with the median fit time (every repeat trains the same seeded run, so accuracies agree)."""
+    return sorted(results, key=lambda r: r["fit_s"])[len(results) // 2]
 
 
 if __name__ == "__main__":
