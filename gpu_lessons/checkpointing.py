@@ -12,6 +12,8 @@ from typing import IO, Any, Callable, Optional, Union
 
 import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
+from lightning.pytorch import LightningModule, Trainer
+from lightning.pytorch.callbacks import ModelCheckpoint
 
 from gpu_lessons.errors import CheckpointError
 
@@ -53,6 +55,30 @@ def imported_class(class_path: str) -> Optional[type]:
     module, _, name = class_path.rpartition(".")
     found = getattr(sys.modules.get(module), name, None)
     return found if isinstance(found, type) else None
+
+
+class LessonCheckpoint(ModelCheckpoint):
+    """Lightning's ``ModelCheckpoint`` with ``last.ckpt`` always the latest state, as before Lightning 2.6.
+
+    Since 2.6, ``save_last=True`` writes ``last.ckpt`` only together with a new top-k checkpoint: once the monitored
+    metric stops improving, ``last.ckpt`` would stay at an older epoch, and resuming from it would silently redo
+    (or lose) epochs. Here, wherever Lightning would have saved and ``last.ckpt`` was not written, it is.
+    """
+
+    def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        super().on_train_epoch_end(trainer, pl_module)
+        if self._should_save_on_train_epoch_end(trainer):
+            self._save_stale_last(trainer)
+
+    def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        super().on_validation_end(trainer, pl_module)
+        if not self._should_save_on_train_epoch_end(trainer):
+            self._save_stale_last(trainer)
+
+    def _save_stale_last(self, trainer: Trainer) -> None:
+        if self.save_last and not self._should_skip_saving_checkpoint(trainer):
+            if self._last_global_step_saved != trainer.global_step:
+                self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):

@@ -22,11 +22,11 @@ from typing import Any, Optional
 from jsonargparse import Namespace
 from lightning.fabric.plugins import CheckpointIO
 from lightning.pytorch import Callback, LightningDataModule, LightningModule, Trainer
-from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, ProgressBar, TQDMProgressBar
+from lightning.pytorch.callbacks import LearningRateMonitor, ProgressBar, TQDMProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-from gpu_lessons.checkpointing import AtomicCheckpointIO, imported_class, load_checkpoint
+from gpu_lessons.checkpointing import AtomicCheckpointIO, LessonCheckpoint, imported_class, load_checkpoint
 from gpu_lessons.cuda import cuda_unavailable_reason
 from gpu_lessons.errors import CheckpointError, UserError, print_error
 from gpu_lessons.models.base import Lesson
@@ -100,7 +100,7 @@ class LessonCLI(LightningCLI):
             default=None,
             help="predict only: also write the predictions to this CSV file (an existing file is never overwritten).",
         )
-        parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        parser.add_lightning_class_args(LessonCheckpoint, "checkpoint")
         parser.add_lightning_class_args(LessonPictures, "pictures")
         parser.set_defaults(
             {

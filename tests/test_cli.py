@@ -10,7 +10,10 @@ from unittest import mock
 import pytest
 import torch
 
+from lightning.pytorch import LightningModule, Trainer
+
 from gpu_lessons import cli as cli_module
+from gpu_lessons.checkpointing import LessonCheckpoint, load_checkpoint
 from gpu_lessons.models import MLPLesson
 
 from .conftest import CONFIGS, REPO
@@ -33,6 +36,8 @@ def test_fit_checkpoint_test_and_load_elsewhere(workdir: Path, tiny_mnist: Path)
     fitted = run("fit", "mlp", *TINY, *data)
     checkpoints = sorted(p.name for p in (workdir / "checkpoints" / "mlp").iterdir())
     assert "last.ckpt" in checkpoints and len(checkpoints) == 2  # best on val/loss + last
+    assert isinstance(fitted.trainer.checkpoint_callback, LessonCheckpoint)
+    assert load_checkpoint(workdir / "checkpoints/mlp/last.ckpt")["global_step"] == fitted.trainer.global_step
     # OneCycleLR got its total steps from the trainer and steps every batch
     scheduler_config = fitted.trainer.lr_scheduler_configs[0]
     assert scheduler_config.interval == "step"
@@ -58,6 +63,42 @@ def test_fit_checkpoint_test_and_load_elsewhere(workdir: Path, tiny_mnist: Path)
         expected = model.predict_step(images, 0)
     assert torch.equal(torch.load(workdir / "predictions.pt"), expected)
     assert isinstance(MLPLesson.load_from_checkpoint(workdir / "checkpoints/mlp/last.ckpt"), MLPLesson)
+
+
+class GetsWorse(LightningModule):
+    """Validation loss rises every epoch: only epoch 0 is ever the best."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.layer = torch.nn.Linear(1, 1)
+
+    def training_step(self, batch, batch_idx):
+        return self.layer(batch).sum()
+
+    def validation_step(self, batch, batch_idx) -> None:
+        self.log("val/loss", float(self.current_epoch))
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.1)
+
+
+@pytest.mark.parametrize("on_train_epoch_end", [False, True])
+def test_last_checkpoint_is_the_latest_epoch_even_when_validation_gets_worse(
+    workdir: Path, on_train_epoch_end: bool
+) -> None:
+    """Lightning 2.6's ModelCheckpoint writes last.ckpt only beside a new best; a resume would then redo epochs."""
+    checkpoint = LessonCheckpoint(
+        dirpath="ckpts", monitor="val/loss", save_last=True, save_on_train_epoch_end=on_train_epoch_end
+    )
+    trainer = Trainer(
+        max_epochs=3, callbacks=[checkpoint], logger=False, enable_progress_bar=False, enable_model_summary=False
+    )
+    batches = torch.ones(4, 2, 1)
+    trainer.fit(GetsWorse(), train_dataloaders=batches, val_dataloaders=batches)
+    last = load_checkpoint(workdir / "ckpts" / "last.ckpt")
+    assert (last["epoch"], last["global_step"]) == (2, 3 * 4)
+    assert Path(checkpoint.best_model_path).name == "epoch=0-step=4.ckpt"  # the best is still the first epoch
+    assert sorted(p.name for p in (workdir / "ckpts").iterdir()) == ["epoch=0-step=4.ckpt", "last.ckpt"]
 
 
 def test_every_run_gets_its_own_log_folder_with_its_config(workdir: Path) -> None:
