@@ -58,27 +58,42 @@ def imported_class(class_path: str) -> Optional[type]:
 
 
 class LessonCheckpoint(ModelCheckpoint):
-    """Lightning's ``ModelCheckpoint`` with ``last.ckpt`` always the latest state, as before Lightning 2.6.
+    """Lightning's ``ModelCheckpoint`` with ``last.ckpt`` always the latest state, as up to Lightning 2.5.
 
     Since 2.6, ``save_last=True`` writes ``last.ckpt`` only together with a new top-k checkpoint: once the monitored
     metric stops improving, ``last.ckpt`` would stay at an older epoch, and resuming from it would silently redo
-    (or lose) epochs. Here, wherever Lightning would have saved and ``last.ckpt`` was not written, it is.
+    epochs. Here, wherever Lightning 2.5 wrote ``last.ckpt`` and 2.6 does not, it is written. ``save_last="link"``
+    is refused: its link would point at the older best checkpoint.
     """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if self.save_last == "link":
+            raise ValueError(
+                "checkpoint save_last='link' would make last.ckpt a link to the best checkpoint, not the latest "
+                "epoch; use save_last: true"
+            )
+
+    @property
+    def state_key(self) -> str:
+        """``ModelCheckpoint``'s key, so its state (best paths and scores) carries over between the two classes when a
+        run resumes: under another key, Lightning would drop it and write ``last-v1.ckpt`` beside a stale ``last.ckpt``."""
+        return super().state_key.replace(type(self).__qualname__, ModelCheckpoint.__qualname__, 1)
 
     def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         super().on_train_epoch_end(trainer, pl_module)
         if self._should_save_on_train_epoch_end(trainer):
-            self._save_stale_last(trainer)
+            self._save_last_unless_saved(trainer)
 
     def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         super().on_validation_end(trainer, pl_module)
         if not self._should_save_on_train_epoch_end(trainer):
-            self._save_stale_last(trainer)
+            self._save_last_unless_saved(trainer)
 
-    def _save_stale_last(self, trainer: Trainer) -> None:
+    def _save_last_unless_saved(self, trainer: Trainer) -> None:
+        # _should_skip_saving_checkpoint is also true when this step was already saved (by the top-k save).
         if self.save_last and not self._should_skip_saving_checkpoint(trainer):
-            if self._last_global_step_saved != trainer.global_step:
-                self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):

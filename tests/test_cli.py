@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from lightning.pytorch import LightningModule, Trainer
+from lightning.pytorch.callbacks import ModelCheckpoint
 
 from gpu_lessons import cli as cli_module
 from gpu_lessons.checkpointing import LessonCheckpoint, load_checkpoint
@@ -99,6 +100,17 @@ def test_last_checkpoint_is_the_latest_epoch_even_when_validation_gets_worse(
     assert (last["epoch"], last["global_step"]) == (2, 3 * 4)
     assert Path(checkpoint.best_model_path).name == "epoch=0-step=4.ckpt"  # the best is still the first epoch
     assert sorted(p.name for p in (workdir / "ckpts").iterdir()) == ["epoch=0-step=4.ckpt", "last.ckpt"]
+
+
+def test_last_checkpoint_state_carries_over_from_lightnings_own_class() -> None:
+    """A run saved with ``ModelCheckpoint`` resumes with its best paths and scores under ``LessonCheckpoint``."""
+    settings = {"monitor": "val/loss", "mode": "min", "every_n_epochs": 1}
+    assert LessonCheckpoint(**settings).state_key == ModelCheckpoint(**settings).state_key
+
+
+def test_a_last_checkpoint_link_is_refused_with_the_reason() -> None:
+    with pytest.raises(ValueError, match="link to the best checkpoint, not the latest epoch"):
+        LessonCheckpoint(monitor="val/loss", save_last="link")
 
 
 def test_every_run_gets_its_own_log_folder_with_its_config(workdir: Path) -> None:
