@@ -133,7 +133,7 @@ class Lesson(LightningModule):
         # step). A NaN loss is the NaN guard's job, and it then shows in the epoch's mean instead of being dropped.
         # (MeanSquaredError only checks shapes.)
         self.train_metric = make_metric() if task == "regression" else make_metric(validate_args=False)
-        self.train_loss = MeanMetric(nan_strategy="disable")
+        self.train_loss = MeanMetric(nan_strategy="disable")  # "disable" needs torchmetrics >= 1.6.2
         self.val_metric = make_metric()
         self.test_metric = make_metric()
 
