@@ -21,8 +21,11 @@ from gpu_lessons.models import BlobClassifierLesson, CNNLesson, MLPLesson, Regre
 
 from .conftest import CONFIGS
 
-# Operations that copy a value to the host (and so wait for the device) or, like unique, size their output by it.
-HOST_READS = {"__bool__", "item", "tolist", "__int__", "__float__", "__index__", "unique", "nonzero"}
+# Operations that copy a value to the host (and so wait for the device) or size their output by the values.
+HOST_READS = {
+    "__bool__", "item", "tolist", "__int__", "__float__", "__index__", "cpu", "numpy", "equal", "allclose",
+    "unique", "nonzero", "masked_select", "bincount",
+}
 
 
 class HostReads(TorchFunctionMode):
