@@ -207,25 +207,25 @@ def main() -> None:
     print(f"device: {name}; torch {torch.__version__}", flush=True)
 
     rows = []
-    with tempfile.TemporaryDirectory() as workdir:
-        for lesson in args.lessons:
-            course = None if args.skip_course else course_loop(lesson, data_dir, device)
-            # Interleaved, so a machine that gets busier or cooler partway through slows both sides alike.
-            plains, fits, commands = [], [], []
-            for _ in range(args.repeats):
+    for lesson in args.lessons:
+        course = None if args.skip_course else course_loop(lesson, data_dir, device)
+        # Interleaved, so a machine that gets busier or cooler partway through slows both sides alike.
+        plains, fits, commands = [], [], []
+        for _ in range(args.repeats):
+            with tempfile.TemporaryDirectory() as workdir:  # each repeat writes its run's folders afresh
                 plains.append(in_fresh_process("plain", lesson, data_dir, device, Path(workdir)))
                 fits.append(in_fresh_process("fit", lesson, data_dir, device, Path(workdir)))
                 commands.append(fit_command(lesson, data_dir, device, Path(workdir)))
-            plain, fitted = median_run(plains), median_run(fits)
-            command_s = statistics.median(commands)
-            if course:
-                rows.append((lesson, "course loop (batch 32, DataLoader)", course, None, 1.0, None))
-            rows.append((lesson, "plain loop, package data path", plain, None, course and course["fit_s"] / plain["fit_s"], None))
-            overhead = fitted["fit_s"] / plain["fit_s"] - 1
-            speedup = course and course["fit_s"] / fitted["fit_s"]
-            rows.append((lesson, "gpu_lessons fit (Lightning)", fitted, command_s, speedup, overhead))
-            print(f"{lesson}: fit {[round(f['fit_s'], 2) for f in fits]} s, plain {[round(p['fit_s'], 2) for p in plains]} s; "
-                  f"Lightning overhead over the plain loop: {overhead:+.1%}", flush=True)
+        plain, fitted = median_run(plains), median_run(fits)
+        command_s = statistics.median(commands)
+        if course:
+            rows.append((lesson, "course loop (batch 32, DataLoader)", course, None, 1.0, None))
+        rows.append((lesson, "plain loop, package data path", plain, None, course and course["fit_s"] / plain["fit_s"], None))
+        overhead = fitted["fit_s"] / plain["fit_s"] - 1
+        speedup = course and course["fit_s"] / fitted["fit_s"]
+        rows.append((lesson, "gpu_lessons fit (Lightning)", fitted, command_s, speedup, overhead))
+        print(f"{lesson}: fit {[round(f['fit_s'], 2) for f in fits]} s, plain {[round(p['fit_s'], 2) for p in plains]} s; "
+              f"Lightning overhead over the plain loop: {overhead:+.1%}", flush=True)
 
     repeats = f", median of {args.repeats} runs" if args.repeats > 1 else ""
     print(f"\n{name}{repeats}\n")
@@ -239,7 +239,8 @@ def main() -> None:
 
 
 def median_run(results: list[dict[str, float]]) -> dict[str, float]:
-    """The run with the median fit time (every repeat trains the same seeded run, so accuracies agree)."""
+    """The run with the median fit time, the slower middle one for an even count (every repeat trains the same seeded
+    run, so their accuracies agree)."""
     return sorted(results, key=lambda r: r["fit_s"])[len(results) // 2]
 
 
