@@ -231,6 +231,8 @@ BAD_INPUTS = {
     "batch size 0": (["fit", "classifier", "--data.init_args.batch_size", "0"], "batch_size must be a positive integer"),
     "negative lr": (["fit", "classifier", "--model.init_args.optimizer.init_args.lr", "-0.1"], "Invalid learning rate: -0.1"),
     "dropout 1.5": (["fit", "dropout", "--model.init_args.dropout", "1.5"], "dropout must be a probability in [0, 1)"),
+    "label smoothing 1": (["fit", "mlp", "--model.init_args.label_smoothing", "1"], "label_smoothing must be in [0, 1)"),
+    "last.ckpt as a link": (["fit", "classifier", "--checkpoint.save_last", "link"], "save_last='link' would make last.ckpt"),
     "noise < 0": (["fit", "regression", "--data.init_args.noise", "-1"], "noise must be >= 0"),
     "missing config file": (["fit", "--config", "nope.yaml"], "nope.yaml"),
     "missing ckpt_path": (["test", "regression", "--ckpt_path", "checkpoints/regression/gone.ckpt"], "no such checkpoint file"),
