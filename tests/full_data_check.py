@@ -48,6 +48,7 @@ def main() -> int:
     parser.add_argument("--data_dir", type=Path, required=True, help="folder that holds MNIST/raw")
     parser.add_argument("--lessons", nargs="+", default=list(FLOORS), choices=list(FLOORS))
     args = parser.parse_args()
+    sys.argv = sys.argv[:1]  # the CLI gets its arguments from check(); LightningCLI warns when sys.argv has others too
     data_dir = args.data_dir.resolve()
     failures = []
     rows = []
