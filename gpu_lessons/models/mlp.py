@@ -2,13 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Optional
-
-import torch
-from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor, nn
 
-from gpu_lessons.models.base import Lesson
+from gpu_lessons.models.digits import DigitLesson
 
 
 class MNISTNet(nn.Module):
@@ -30,26 +26,10 @@ class MNISTNet(nn.Module):
         return self.layer3(x)
 
 
-class MLPLesson(Lesson):
+class MLPLesson(DigitLesson):
     """10-class digit classification with the flat MLP; ``predict`` returns class probabilities.
 
-    Args:
-        optimizer: Optimizer factory (the course uses Adam, lr 0.001).
-        scheduler: Optional LR scheduler factory.
-        label_smoothing: Cross-entropy label smoothing (the course uses none, ``0``).
+    Arguments: see :class:`~gpu_lessons.models.digits.DigitLesson`.
     """
 
-    def __init__(
-        self,
-        optimizer: OptimizerCallable = torch.optim.Adam,
-        scheduler: Optional[LRSchedulerCallable] = None,
-        label_smoothing: float = 0.0,
-    ) -> None:
-        super().__init__(
-            MNISTNet(),
-            task="multiclass",
-            num_classes=10,
-            optimizer=optimizer,
-            scheduler=scheduler,
-            label_smoothing=label_smoothing,
-        )
+    net_class = MNISTNet

@@ -1,0 +1,41 @@
+"""The shared lesson for the course's two MNIST networks (steps 10 and 12)."""
+
+from __future__ import annotations
+
+from typing import ClassVar, Optional
+
+import torch
+from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from torch import nn
+
+from gpu_lessons.models.base import Lesson
+
+
+class DigitLesson(Lesson):
+    """10-class classification of 28×28 images (MNIST digits, or Fashion-MNIST) with the network ``net_class``
+    builds; ``predict`` returns class probabilities.
+
+    A lesson sets ``net_class`` and nothing else; another 28×28, 10-class network becomes a lesson the same way.
+
+    Args:
+        optimizer: Optimizer factory (the course uses Adam, lr 0.001).
+        scheduler: Optional LR scheduler factory.
+        label_smoothing: Cross-entropy label smoothing (the course uses none, ``0``).
+    """
+
+    net_class: ClassVar[type[nn.Module]]
+
+    def __init__(
+        self,
+        optimizer: OptimizerCallable = torch.optim.Adam,
+        scheduler: Optional[LRSchedulerCallable] = None,
+        label_smoothing: float = 0.0,
+    ) -> None:
+        super().__init__(
+            self.net_class(),
+            task="multiclass",
+            num_classes=10,
+            optimizer=optimizer,
+            scheduler=scheduler,
+            label_smoothing=label_smoothing,
+        )
