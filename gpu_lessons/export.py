@@ -21,7 +21,6 @@ from gpu_lessons.checkpointing import PathLike, imported_class, load_checkpoint,
 from gpu_lessons.errors import CheckpointError, UserError, print_error
 from gpu_lessons.models import Lesson
 
-
 LESSONS: dict[str, type[Lesson]] = {
     name: obj
     for name, obj in vars(models).items()
@@ -113,7 +112,6 @@ def loading_hint(lesson: Lesson, output_path: PathLike) -> str:
             f"# net(x) returns {returns}",
         ]
     )
-
 
 
 def _one_line(error: BaseException) -> str:
