@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import inspect
 import os
 import pickle
 import secrets
 import sys
+import types
+import typing
 import zipfile
 from pathlib import Path
-from typing import IO, Any, Callable, Optional, Union
+from typing import IO, Any, Callable, Literal, Optional, TypeVar, Union
 
 import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
@@ -18,6 +21,13 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from gpu_lessons.errors import CheckpointError
 
 PathLike = Union[str, "os.PathLike[str]"]
+T = TypeVar("T")
+
+# What LightningCLI records in every checkpoint it writes. It is accepted (so those checkpoints load) but never
+# called: classes are built here from the checked plain values, never by an instantiator a checkpoint names.
+LIGHTNING_CLI_INSTANTIATOR = "lightning.pytorch.cli.instantiate_module"
+_PLAIN_SCALARS = (bool, int, float, str, type(None))
+_SEQUENCES = (list, tuple, typing.get_origin(typing.Sequence[int]))
 
 
 def load_checkpoint(path: PathLike, map_location: Any = "cpu") -> dict[str, Any]:
@@ -43,6 +53,9 @@ def load_checkpoint(path: PathLike, map_location: Any = "cpu") -> dict[str, Any]
         raise CheckpointError(f"{path} is not a readable PyTorch checkpoint ({type(error).__name__}: {error})") from None
     if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
         raise CheckpointError(f"{path} is a PyTorch file but not a Lightning checkpoint (it has no state_dict)")
+    state_dict = checkpoint["state_dict"]
+    if not isinstance(state_dict, dict) or not all(isinstance(value, torch.Tensor) for value in state_dict.values()):
+        raise CheckpointError(f"{path} is damaged: its state_dict is not a mapping of parameter names to tensors")
     return checkpoint
 
 
@@ -55,6 +68,115 @@ def imported_class(class_path: str) -> Optional[type]:
     module, _, name = class_path.rpartition(".")
     found = getattr(sys.modules.get(module), name, None)
     return found if isinstance(found, type) else None
+
+
+def checked_hyperparameters(checkpoint: dict[str, Any], base: type[T], source: object) -> tuple[type[T], dict[str, Any]]:
+    """The class a checkpoint was written by and its constructor arguments, as data only: nothing in it chooses code.
+
+    A checkpoint is someone else's data, and LightningCLI's and Lightning's ``load_from_checkpoint`` would let its
+    ``hyper_parameters`` pick code: a ``class_path`` for jsonargparse to import and call, an ``_instantiator`` to
+    import, a string that a ``Callable`` argument resolves by importing. Here:
+
+    * ``_class_path`` must name an already-imported subclass of ``base`` (nothing is imported); without it, ``base``;
+    * ``_instantiator`` may only be the value LightningCLI records, and is dropped;
+    * every value must be plain data (``None``, bool, number, string, or lists of those), so no nested class spec;
+    * an argument of the class's ``__init__`` whose type is not plain data (a network, an optimizer factory) is
+      refused; keys ``__init__`` does not take are dropped, as Lightning's own loading drops them.
+
+    Anything else raises :class:`CheckpointError` naming the key. ``source`` (the file) is only for messages.
+    """
+    hparams = checkpoint.get("hyper_parameters") or {}
+    if not isinstance(hparams, dict) or not all(isinstance(key, str) for key in hparams):
+        raise CheckpointError(f"{source}: its hyper_parameters are not a mapping of names to values")
+    hparams = dict(hparams)
+    instantiator = hparams.pop("_instantiator", LIGHTNING_CLI_INSTANTIATOR)
+    if instantiator != LIGHTNING_CLI_INSTANTIATOR:
+        raise CheckpointError(
+            f"{source}: refusing to load it: its hyperparameters name the instantiator {instantiator!r}; "
+            "a checkpoint may not choose code, and nothing from it was imported"
+        )
+    cls = base
+    class_path = hparams.pop("_class_path", None)
+    if class_path is not None:
+        named = imported_class(class_path) if isinstance(class_path, str) else None
+        if named is not None and issubclass(named, LightningModule) and not issubclass(named, base):
+            # another lesson's checkpoint, e.g. an MLPLesson's given to CNNLesson.load_from_checkpoint
+            raise CheckpointError(f"{source} holds a {named.__name__}, not a {base.__name__}")
+        if named is None or not issubclass(named, base):
+            raise CheckpointError(
+                f"{source}: refusing to load it: its hyperparameters name the class {class_path!r}, which is not an "
+                f"imported {base.__name__}; a checkpoint may not choose code, and nothing from it was imported"
+            )
+        cls = named
+    parameters = inspect.signature(cls.__init__).parameters
+    hints = typing.get_type_hints(cls.__init__)
+    arguments = {}
+    for key, value in hparams.items():
+        if not _is_plain_value(value):
+            raise CheckpointError(
+                f"{source}: refusing to load it: hyperparameter {key!r} is not plain data ({_describe(value)}); "
+                "a checkpoint may not choose code"
+            )
+        if key not in parameters:
+            continue
+        annotation = hints.get(key, Any)
+        if not _is_plain_type(annotation):
+            raise CheckpointError(
+                f"{source}: refusing to load it: hyperparameter {key!r} sets {cls.__name__}'s {key}, whose type "
+                "is not plain data (it takes code: a class or a callable); a checkpoint may only hold plain values"
+            )
+        if not _conforms(value, annotation):
+            raise CheckpointError(
+                f"{source}: hyperparameter {key!r} is {value!r}, which {cls.__name__}'s {key} does not take "
+                f"({_type_name(annotation)})"
+            )
+        arguments[key] = value
+    return cls, arguments
+
+
+def _is_plain_value(value: object) -> bool:
+    if isinstance(value, (list, tuple)):
+        return all(_is_plain_value(item) for item in value)
+    return isinstance(value, _PLAIN_SCALARS)
+
+
+def _is_plain_type(annotation: object) -> bool:
+    """Whether an argument of this type can only receive plain data (jsonargparse would not import anything for it)."""
+    if annotation in _PLAIN_SCALARS:
+        return True
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if origin is Literal:
+        return all(_is_plain_value(choice) for choice in args)
+    if origin in (Union, types.UnionType, *_SEQUENCES):
+        return all(arg is Ellipsis or _is_plain_type(arg) for arg in args)
+    return False
+
+
+def _conforms(value: object, annotation: object) -> bool:
+    """Whether a plain value is one that ``annotation`` (a plain type, see :func:`_is_plain_type`) accepts."""
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if origin is Literal:
+        return any(value == choice and type(value) is type(choice) for choice in args)
+    if origin in (Union, types.UnionType):
+        return any(_conforms(value, arg) for arg in args)
+    if origin in _SEQUENCES:
+        items = [arg for arg in args if arg is not Ellipsis]
+        return isinstance(value, (list, tuple)) and all(any(_conforms(v, arg) for arg in items) for v in value or ())
+    if isinstance(value, bool):  # a bool is an int to Python, not to a config
+        return annotation is bool
+    if annotation is float:
+        return isinstance(value, (int, float))
+    return isinstance(value, annotation)  # type: ignore[arg-type]
+
+
+def _type_name(annotation: object) -> str:
+    return annotation.__name__ if isinstance(annotation, type) else str(annotation).replace("typing.", "")
+
+
+def _describe(value: object) -> str:
+    if isinstance(value, dict) and ("class_path" in value or "_class_path" in value):
+        return f"a class spec for {value.get('class_path', value.get('_class_path'))!r}"
+    return f"a {type(value).__name__}"
 
 
 class LessonCheckpoint(ModelCheckpoint):

@@ -26,7 +26,13 @@ from lightning.pytorch.callbacks import LearningRateMonitor, ProgressBar, TQDMPr
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-from gpu_lessons.checkpointing import AtomicCheckpointIO, LessonCheckpoint, imported_class, load_checkpoint
+from gpu_lessons.checkpointing import (
+    AtomicCheckpointIO,
+    LessonCheckpoint,
+    checked_hyperparameters,
+    imported_class,
+    load_checkpoint,
+)
 from gpu_lessons.cuda import cuda_unavailable_reason
 from gpu_lessons.errors import CheckpointError, UserError, print_error
 from gpu_lessons.models.base import Lesson
@@ -132,26 +138,46 @@ class LessonCLI(LightningCLI):
         if isinstance(logger, Namespace) and logger.init_args.get("name") == _LOGGER_DEFAULT_NAME:
             logger.init_args.name = run_name
 
-    def _parse_ckpt_path(self) -> None:
-        """Check ``--ckpt_path`` before anything is built: it exists, loads safely, and belongs to this lesson.
-
-        (Extends a private LightningCLI step, the one place that runs after parsing and before instantiation; if a
-        Lightning release renames it, the checks still run later, when the trainer loads the checkpoint.)"""
+    def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
+        """Parse; then read ``--ckpt_path`` once and check it before anything is built: it exists, loads with
+        ``weights_only=True``, was written by the configured lesson, and its hyperparameters are plain values for that
+        lesson's arguments (:func:`~gpu_lessons.checkpointing.checked_hyperparameters`: a checkpoint is someone else's
+        data, and nothing in it may choose code)."""
+        super().parse_arguments(parser, args)
+        self.checkpoint: Optional[dict[str, Any]] = None
+        self.checkpoint_hparams: dict[str, Any] = {}
         subcommand = self.config.get("subcommand")
         config = self.config.get(subcommand) if subcommand else None
         ckpt_path = config.get("ckpt_path") if config else None
-        if ckpt_path and ckpt_path not in _LIGHTNING_CKPT_ALIASES:
-            checkpoint = load_checkpoint(ckpt_path)
-            trained_by = checkpoint.get("hyper_parameters", {}).get("_class_path")
-            configured = config.model.class_path if config.get("model") else None
-            if trained_by and configured and (imported_class(trained_by) or trained_by) is not (
-                imported_class(configured) or configured
-            ):
-                raise CheckpointError(
-                    f"{ckpt_path} was trained by {trained_by}, but the config's model is {configured}; "
-                    "use that lesson's config (or the matching checkpoint)"
-                )
-        super()._parse_ckpt_path()
+        if not ckpt_path or ckpt_path in _LIGHTNING_CKPT_ALIASES:
+            return
+        self.checkpoint = load_checkpoint(ckpt_path)
+        configured = imported_class(config.model.class_path)  # the config's class is already imported by parsing
+        trained_by, self.checkpoint_hparams = checked_hyperparameters(self.checkpoint, Lesson, ckpt_path)
+        if configured is not None and trained_by is not Lesson and trained_by is not configured:
+            raise CheckpointError(
+                f"{ckpt_path} was trained by {self.checkpoint['hyper_parameters']['_class_path']}, but the config's "
+                f"model is {config.model.class_path}; use that lesson's config (or the matching checkpoint)"
+            )
+
+    def _parse_ckpt_path(self) -> None:
+        """Replaces LightningCLI's merge of the checkpoint's hyperparameters into the config, where the checkpoint's
+        own ``class_path`` entries would pick what jsonargparse imports and calls. Only the plain values that
+        :meth:`parse_arguments` checked are set, on the config's own lesson; where they differ from the config, they
+        win (they describe the trained network) and a line says so."""
+        if not self.checkpoint_hparams:
+            return
+        init_args = self.config[self.config.subcommand].model.init_args
+        changed = [
+            f"{key} {init_args.get(key)!r} -> {value!r}"
+            for key, value in self.checkpoint_hparams.items()
+            if key in init_args and init_args.get(key) != value
+        ]
+        for key, value in self.checkpoint_hparams.items():
+            if key in init_args:
+                init_args[key] = value
+        if changed:
+            sys.stderr.write(f"gpu_lessons: the checkpoint's model settings replace the config's: {', '.join(changed)}\n")
 
     def instantiate_classes(self) -> None:
         """Build model, data and trainer; a constructor's ValueError about an argument is a user error."""

@@ -17,8 +17,8 @@ import torch
 from torch import nn
 
 from gpu_lessons import models
-from gpu_lessons.checkpointing import PathLike, imported_class, load_checkpoint, write_atomically
-from gpu_lessons.errors import CheckpointError, UserError, print_error
+from gpu_lessons.checkpointing import PathLike, write_atomically
+from gpu_lessons.errors import UserError, print_error
 from gpu_lessons.models import Lesson
 
 LESSONS: dict[str, type[Lesson]] = {
@@ -29,30 +29,12 @@ LESSONS: dict[str, type[Lesson]] = {
 
 
 def load_lesson(checkpoint_path: PathLike, lesson_class: Optional[type[Lesson]] = None) -> Lesson:
-    """Load a lesson from a checkpoint with ``weights_only=True``, on the CPU.
+    """Load a lesson from a checkpoint on the CPU (:meth:`Lesson.load_from_checkpoint`: nothing in it chooses code).
 
     Checkpoints written by ``python -m gpu_lessons`` record their lesson class; for one written from Python
     (``trainer.save_checkpoint``), pass ``lesson_class``. Raises :class:`CheckpointError` for anything else.
     """
-    checkpoint = load_checkpoint(checkpoint_path)  # missing, unreadable, unsafe or not Lightning's: a clear error
-    class_path = checkpoint.get("hyper_parameters", {}).get("_class_path")
-    if class_path is not None:
-        recorded = imported_class(class_path)
-        if recorded is None or not issubclass(recorded, Lesson):
-            raise CheckpointError(f"{checkpoint_path} holds a {class_path}, which is not an imported Lesson subclass")
-        if lesson_class is not None and not issubclass(recorded, lesson_class):
-            raise CheckpointError(f"{checkpoint_path} holds a {recorded.__name__}, not a {lesson_class.__name__}")
-        lesson_class = recorded
-    elif lesson_class is None:
-        raise CheckpointError(
-            f"{checkpoint_path} does not record its lesson class (it was not written by `python -m gpu_lessons`): "
-            "name it, e.g. --lesson CNNLesson or lesson_class=CNNLesson"
-        )
-    try:
-        return lesson_class.load_from_checkpoint(checkpoint_path, map_location="cpu", weights_only=True)
-    except RuntimeError as error:  # from load_state_dict: these weights are another network's
-        message = f"{checkpoint_path} does not hold a {lesson_class.__name__} ({_one_line(error)})"
-        raise CheckpointError(message) from error
+    return (lesson_class or Lesson).load_from_checkpoint(checkpoint_path, map_location="cpu")
 
 
 def save_plain_weights(net: nn.Module, output_path: PathLike, *, overwrite: bool = False) -> Path:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import io
 import os
 import random
 from collections.abc import Sequence
@@ -17,7 +18,7 @@ from torch.optim.lr_scheduler import CyclicLR, OneCycleLR, ReduceLROnPlateau
 from torchmetrics import MaxMetric, MeanMetric, MeanSquaredError, Metric, MinMetric
 from torchmetrics.classification import Accuracy
 
-from gpu_lessons.checkpointing import load_checkpoint
+from gpu_lessons.checkpointing import checked_hyperparameters, load_checkpoint
 from gpu_lessons.errors import CheckpointError, NonFiniteLossError, UserError
 
 Task = Literal["regression", "binary", "multiclass"]
@@ -139,17 +140,39 @@ class Lesson(LightningModule):
 
     @classmethod
     def load_from_checkpoint(cls, checkpoint_path: Any, map_location: Any = None, **kwargs: Any) -> "Lesson":
-        """Lightning's ``load_from_checkpoint``, always with ``weights_only=True``.
+        """Lightning's ``load_from_checkpoint``, with nothing in the checkpoint able to choose code.
 
-        A checkpoint that holds anything but tensors and plain data is refused with a
-        :class:`~gpu_lessons.errors.CheckpointError` and nothing in it runs, whatever
-        ``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD`` says.
+        The file is read once with ``weights_only=True`` (whatever ``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD`` says), and its
+        hyperparameters must be plain values for the lesson's own arguments
+        (:func:`~gpu_lessons.checkpointing.checked_hyperparameters`); anything else is refused with a
+        :class:`~gpu_lessons.errors.CheckpointError`. On the base class, ``Lesson.load_from_checkpoint`` builds the
+        lesson the checkpoint names when that class is already imported (``from gpu_lessons.models import ...``).
+        ``kwargs`` override the checkpoint's hyperparameters and may be anything: they come from your own code.
         """
         if kwargs.pop("weights_only", True) is not True:
             raise CheckpointError("gpu_lessons loads checkpoints with weights_only=True only")
-        if isinstance(checkpoint_path, (str, os.PathLike)):
-            load_checkpoint(checkpoint_path)  # a clear error for unsafe, truncated or foreign files
-        return super().load_from_checkpoint(checkpoint_path, map_location=map_location, weights_only=True, **kwargs)
+        if kwargs.get("hparams_file") is not None:
+            raise CheckpointError("hparams_file is not supported: pass the hyperparameters as keyword arguments")
+        if not isinstance(checkpoint_path, (str, os.PathLike)):
+            raise CheckpointError(f"load_from_checkpoint takes a file path, got {type(checkpoint_path).__name__}")
+        checkpoint = load_checkpoint(checkpoint_path)
+        lesson_class, hparams = checked_hyperparameters(checkpoint, cls, checkpoint_path)
+        if lesson_class is Lesson:
+            raise CheckpointError(
+                f"{checkpoint_path} does not record its lesson class (it was saved from Python, not by the CLI): "
+                "load it with its lesson, e.g. CNNLesson.load_from_checkpoint(...) (the export: --lesson CNNLesson)"
+            )
+        # Lightning builds the lesson from the checked copy (plain values only), never from the file's own entries.
+        checked = io.BytesIO()
+        torch.save({**checkpoint, "hyper_parameters": hparams}, checked)
+        checked.seek(0)
+        loader = super(Lesson, lesson_class).load_from_checkpoint
+        try:
+            return loader(checked, map_location=map_location, weights_only=True, **kwargs)
+        except RuntimeError as error:  # from load_state_dict: these weights are another network's
+            lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+            reason = "; ".join(lines[1:3]) or lines[0]  # the first line only says "Error(s) in loading state_dict"
+            raise CheckpointError(f"{checkpoint_path} does not hold a {lesson_class.__name__}'s weights ({reason})") from None
 
     def _check_optimizer_arguments(self) -> None:
         """Build the optimizer once on a dummy parameter, so a bad lr fails now, before data and trainer exist."""
