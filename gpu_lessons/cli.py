@@ -15,6 +15,8 @@ A LightningCLI in subclass mode: a config picks any lesson (``model.class_path``
 from __future__ import annotations
 
 import os
+import re
+import shutil
 import sys
 from pathlib import Path
 from typing import Any, Optional
@@ -42,6 +44,8 @@ from gpu_lessons.predictions import PredictionPrinter
 _GPU_ACCELERATORS = ("gpu", "cuda")
 _LOGGER_DEFAULT_NAME = "lightning_logs"  # TensorBoardLogger's and CSVLogger's own default for ``name``
 _LIGHTNING_CKPT_ALIASES = ("last", "best", "hpc", "registry")
+_RUN_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
+_VERSION = re.compile(r"version_(\d+)")
 SIGTERM_EXIT_CODE = 143  # 128 + SIGTERM, what a shell reports for a process ended by SIGTERM
 
 class NonOverwritingSaveConfigCallback(SaveConfigCallback):
@@ -83,7 +87,20 @@ class LessonCLI(LightningCLI):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         kwargs.setdefault("save_config_callback", NonOverwritingSaveConfigCallback)
         kwargs.setdefault("seed_everything_default", 42)
-        super().__init__(Lesson, LightningDataModule, *args, subclass_mode_model=True, subclass_mode_data=True, **kwargs)
+        self._new_folders: list[Path] = []  # the run's folders that did not exist before it
+        try:
+            super().__init__(Lesson, LightningDataModule, *args, subclass_mode_model=True, subclass_mode_data=True, **kwargs)
+        except BaseException:
+            self._remove_folders_of_a_run_that_saved_nothing()
+            raise
+
+    def _remove_folders_of_a_run_that_saved_nothing(self) -> None:
+        """A run that fails before its first checkpoint leaves no empty version folders behind (a run that saved a
+        checkpoint keeps its folders and logs: they show how far it got)."""
+        if any(folder.is_dir() and any(folder.glob("*.ckpt")) for folder in self._new_folders):
+            return
+        for folder in self._new_folders:
+            shutil.rmtree(folder, ignore_errors=True)
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.add_argument(
@@ -123,20 +140,58 @@ class LessonCLI(LightningCLI):
         )
 
     def before_instantiate_classes(self) -> None:
-        """Resolve the run name, the CUDA fallback and the output folders before anything is built."""
+        """Resolve the CUDA fallback and the run's folders before anything is built."""
         config = self.config[self.subcommand] if self.subcommand else self.config
         if config.output is not None and self.subcommand != "predict":
             raise UserError("--output is for predict: it writes the predictions to a CSV file")
-        run_name = config.run_name or _default_run_name(config)
-        config.run_name = run_name
+        if config.run_name is None:  # parse_arguments sets it when a subcommand runs; not for run=False
+            config.run_name = _checked_run_name(_default_run_name(config))
         self._resolve_accelerator(config)
-        if config.checkpoint.dirpath is None:
-            config.checkpoint.dirpath = os.path.join("checkpoints", run_name)
-        if self.subcommand == "fit":
-            _ensure_writable(Path(config.checkpoint.dirpath), "checkpoints")
         logger = config.trainer.logger
         if isinstance(logger, Namespace) and logger.init_args.get("name") == _LOGGER_DEFAULT_NAME:
-            logger.init_args.name = run_name
+            logger.init_args.name = config.run_name
+        if self.subcommand == "fit":
+            self._place_fit_checkpoints(config)
+        elif config.checkpoint.dirpath is None:
+            config.checkpoint.dirpath = os.path.join("checkpoints", config.run_name)  # only fit writes checkpoints
+
+    def _place_fit_checkpoints(self, config: Namespace) -> None:
+        """Every fit writes into folders of its own: ``checkpoints/<run>/version_N/`` beside
+        ``lightning_logs/<run>/version_N/``, N one past the highest in either, so its ``last.ckpt`` is its own (a
+        resume is a new fit, and gets the next N). A folder that already holds checkpoints is only written to by a
+        resume from one of them (``--checkpoint.dirpath`` or a fixed logger version)."""
+        logger = config.trainer.logger
+        logger_args = logger.init_args if isinstance(logger, Namespace) and "version" in logger.init_args else None
+        if config.checkpoint.dirpath is None:
+            run_root = Path("checkpoints", config.run_name)
+            version = None if logger_args is None else logger_args.version
+            if version is None:
+                log_root = None if logger_args is None else Path(logger_args.save_dir, logger_args.get("name") or "")
+                version = _next_version(run_root, log_root)
+                if logger_args is not None:
+                    logger_args.version = version
+            config.checkpoint.dirpath = str(run_root / (version if isinstance(version, str) else f"version_{version}"))
+        folder = Path(config.checkpoint.dirpath)
+        _ensure_writable(folder, "checkpoints")
+        existing = sorted(p.name for p in folder.glob("*.ckpt")) if folder.is_dir() else []
+        resumes_here = config.ckpt_path is not None and Path(config.ckpt_path).resolve().parent == folder.resolve()
+        if existing and not resumes_here:
+            raise UserError(
+                f"{folder} already holds another run's checkpoints ({', '.join(existing[:3])}); a run never writes "
+                "over them: leave out --checkpoint.dirpath (each fit gets checkpoints/<run>/version_N/), choose "
+                "another folder, or resume with --ckpt_path from that folder"
+            )
+        for new in (folder, self._log_folder(config)):
+            if new is not None and not new.exists():
+                self._new_folders.append(new)
+
+    @staticmethod
+    def _log_folder(config: Namespace) -> Optional[Path]:
+        logger = config.trainer.logger
+        if not isinstance(logger, Namespace) or logger.init_args.get("version") is None:
+            return None
+        args, version = logger.init_args, logger.init_args.version
+        return Path(args.save_dir, args.get("name") or "", version if isinstance(version, str) else f"version_{version}")
 
     def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
         """Parse; then read ``--ckpt_path`` once and check it before anything is built: it exists, loads with
@@ -148,9 +203,14 @@ class LessonCLI(LightningCLI):
         self.checkpoint_hparams: dict[str, Any] = {}
         subcommand = self.config.get("subcommand")
         config = self.config.get(subcommand) if subcommand else None
-        ckpt_path = config.get("ckpt_path") if config else None
-        if not ckpt_path or ckpt_path in _LIGHTNING_CKPT_ALIASES:
+        if config is None:
             return
+        config.run_name = _checked_run_name(config.run_name or _default_run_name(config))
+        ckpt_path = config.get("ckpt_path")
+        if not ckpt_path:
+            return
+        if ckpt_path in _LIGHTNING_CKPT_ALIASES:
+            ckpt_path = config.ckpt_path = str(_checkpoint_alias(ckpt_path, config))
         self.checkpoint = load_checkpoint(ckpt_path)
         configured = imported_class(config.model.class_path)  # the config's class is already imported by parsing
         trained_by, self.checkpoint_hparams = checked_hyperparameters(self.checkpoint, Lesson, ckpt_path)
@@ -178,6 +238,17 @@ class LessonCLI(LightningCLI):
                 init_args[key] = value
         if changed:
             sys.stderr.write(f"gpu_lessons: the checkpoint's model settings replace the config's: {', '.join(changed)}\n")
+
+    def after_fit(self) -> None:
+        """Say where this run's checkpoints are: the paths to give ``test``/``predict``/a resume."""
+        checkpoint = self.trainer.checkpoint_callback
+        if checkpoint is None or not self.trainer.is_global_zero:
+            return
+        if checkpoint.last_model_path:
+            print(f"last checkpoint (the latest epoch): {_shown(checkpoint.last_model_path)}")
+        if checkpoint.best_model_path and checkpoint.best_model_score is not None:
+            score = f"{checkpoint.monitor} {float(checkpoint.best_model_score):.4g}"
+            print(f"best checkpoint ({score}): {_shown(checkpoint.best_model_path)}")
 
     def instantiate_classes(self) -> None:
         """Build model, data and trainer; a constructor's ValueError about an argument is a user error."""
@@ -235,6 +306,62 @@ def _ensure_writable(folder: Path, what: str) -> None:
         raise UserError(f"cannot write {what} to {folder}: {existing} is not writable")
 
 
+def _shown(path: str) -> str:
+    """``path`` relative to the current folder when it is inside it: what to type in the next command."""
+    relative = os.path.relpath(path)
+    return path if relative.startswith("..") else relative
+
+
+def _checked_run_name(name: str) -> str:
+    if not _RUN_NAME.fullmatch(name) or name in (".", ".."):
+        raise UserError(
+            f"--run_name must be a plain folder name (letters, digits, '_', '.', '-'), got {name!r}: it names "
+            "checkpoints/<run_name>/ and lightning_logs/<run_name>/"
+        )
+    return name
+
+
+def _next_version(*roots: Optional[Path]) -> int:
+    """One past the highest ``version_N`` in any of ``roots`` (0 for none), so checkpoints and logs share N."""
+    numbers = [
+        int(match.group(1))
+        for root in roots
+        if root is not None and root.is_dir()
+        for entry in root.iterdir()
+        if (match := _VERSION.fullmatch(entry.name))
+    ]
+    return max(numbers, default=-1) + 1
+
+
+def _checkpoint_alias(alias: str, config: Namespace) -> Path:
+    """``--ckpt_path last`` / ``best``: the newest run's ``last.ckpt`` / best checkpoint (``checkpoints/<run>/``)."""
+    folder = Path(config.checkpoint.dirpath or os.path.join("checkpoints", config.run_name))
+    if alias not in ("last", "best"):
+        raise UserError(f"--ckpt_path {alias} is not supported: give a checkpoint file, or last or best")
+    runs = [folder] + sorted(
+        (p for p in folder.glob("version_*") if _VERSION.fullmatch(p.name)),
+        key=lambda p: int(p.name.removeprefix("version_")),
+    )
+    newest = next((run / "last.ckpt" for run in reversed(runs) if (run / "last.ckpt").is_file()), None)
+    if newest is None:
+        raise CheckpointError(
+            f"--ckpt_path {alias}: run {config.run_name!r} has no checkpoint in {folder}/ yet; train it first "
+            "(fit with the same config) or give the checkpoint's path"
+        )
+    if alias == "last":
+        return newest
+    states = load_checkpoint(newest).get("callbacks", {})
+    recorded = next((s.get("best_model_path") for k, s in states.items() if k.startswith("ModelCheckpoint")), None)
+    # the folder may have moved since: look for the recorded file's name beside last.ckpt first
+    for best in (newest.parent / Path(recorded).name, Path(recorded)) if recorded else ():
+        if best.is_file():
+            return best
+    raise CheckpointError(
+        f"--ckpt_path best: {newest} records no best checkpoint that still exists (a run without validation, or with "
+        "save_top_k 0, keeps only last.ckpt)"
+    )
+
+
 def _default_run_name(config: Namespace) -> str:
     config_files = config.get("config") or []
     if config_files:
@@ -251,7 +378,7 @@ def cli_main(args: Optional[list[str]] = None) -> Optional[LessonCLI]:
         print_error(error)
         raise SystemExit(error.exit_code) from None
     except SIGTERMException:
-        saved = CheckpointOnSigterm.saved
+        saved = CheckpointOnSigterm.saved and _shown(CheckpointOnSigterm.saved)
         sys.stderr.write(
             f"stopped by SIGTERM; saved {saved}: resume with `fit --ckpt_path {saved}`\n" if saved else "stopped by SIGTERM\n"
         )

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import re
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -374,7 +375,9 @@ def compare_runs(checkpoints: Sequence[Union[str, Path]], output: Union[str, Pat
         history = load_checkpoint(path).get("callbacks", {}).get(LessonPictures.__qualname__, {}).get("history")
         if not history:
             raise UserError(f"{path} holds no learning curves (it was not written by `python -m gpu_lessons fit`)")
-        runs[f"{path.parent.name}/{path.stem}"] = history
+        # checkpoints/overfit/version_0/last.ckpt is the run "overfit/version_0"
+        in_version = re.fullmatch(r"version_\d+", path.parent.name) is not None
+        runs["/".join(path.parent.parts[-2:]) if in_version else f"{path.parent.name}/{path.stem}"] = history
     write_atomically(output, lambda file: PIL.Image.fromarray(render(learning_curves_figure(runs))).save(file, "PNG"))
     return output
 

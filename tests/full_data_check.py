@@ -38,7 +38,7 @@ def check(lesson: str, data_dir: Path, workdir: Path) -> tuple[float, float, flo
     fitted = cli_main(["fit", *common])
     fit_seconds = time.perf_counter() - start
     after_fit = fitted.trainer.test(fitted.model, datamodule=fitted.datamodule, verbose=False)[0]["test/acc"]
-    tested = cli_main(["test", *common, "--ckpt_path", f"checkpoints/{lesson}/last.ckpt"])
+    tested = cli_main(["test", *common, "--ckpt_path", f"checkpoints/{lesson}/version_0/last.ckpt"])
     from_checkpoint = float(tested.trainer.callback_metrics["test/acc"])
     return fit_seconds, after_fit, from_checkpoint
 

@@ -35,10 +35,10 @@ def workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 def test_fit_checkpoint_test_and_load_elsewhere(workdir: Path, tiny_mnist: Path) -> None:
     data = ["--data.init_args.data_dir", str(tiny_mnist)]
     fitted = run("fit", "mlp", *TINY, *data)
-    checkpoints = sorted(p.name for p in (workdir / "checkpoints" / "mlp").iterdir())
+    checkpoints = sorted(p.name for p in (workdir / "checkpoints" / "mlp" / "version_0").iterdir())
     assert "last.ckpt" in checkpoints and len(checkpoints) == 2  # best on val/loss + last
     assert isinstance(fitted.trainer.checkpoint_callback, LessonCheckpoint)
-    assert load_checkpoint(workdir / "checkpoints/mlp/last.ckpt")["global_step"] == fitted.trainer.global_step
+    assert load_checkpoint(workdir / "checkpoints/mlp/version_0/last.ckpt")["global_step"] == fitted.trainer.global_step
     # OneCycleLR got its total steps from the trainer and steps every batch
     scheduler_config = fitted.trainer.lr_scheduler_configs[0]
     assert scheduler_config.interval == "step"
@@ -46,7 +46,7 @@ def test_fit_checkpoint_test_and_load_elsewhere(workdir: Path, tiny_mnist: Path)
 
     fitted.trainer.test(fitted.model, datamodule=fitted.datamodule, verbose=False)
     accuracy_after_fit = metric(fitted, "test/acc")
-    tested = run("test", "mlp", *TINY, *data, "--ckpt_path", "checkpoints/mlp/last.ckpt")
+    tested = run("test", "mlp", *TINY, *data, "--ckpt_path", "checkpoints/mlp/version_0/last.ckpt")
     assert metric(tested, "test/acc") == accuracy_after_fit
 
     # A fresh process with no CLI loads the checkpoint and predicts exactly what the trained model predicts.
@@ -55,7 +55,7 @@ def test_fit_checkpoint_test_and_load_elsewhere(workdir: Path, tiny_mnist: Path)
     script = (
         "import torch; torch.set_num_threads(1)\n"
         "from gpu_lessons.models import MLPLesson\n"
-        "model = MLPLesson.load_from_checkpoint('checkpoints/mlp/last.ckpt', map_location='cpu').eval()\n"
+        "model = MLPLesson.load_from_checkpoint('checkpoints/mlp/version_0/last.ckpt', map_location='cpu').eval()\n"
         "with torch.no_grad(): torch.save(model.predict_step(torch.load('images.pt'), 0), 'predictions.pt')\n"
     )
     subprocess.run([sys.executable, "-c", script], check=True, cwd=workdir)
@@ -63,7 +63,7 @@ def test_fit_checkpoint_test_and_load_elsewhere(workdir: Path, tiny_mnist: Path)
     with torch.no_grad():
         expected = model.predict_step(images, 0)
     assert torch.equal(torch.load(workdir / "predictions.pt"), expected)
-    assert isinstance(MLPLesson.load_from_checkpoint(workdir / "checkpoints/mlp/last.ckpt"), MLPLesson)
+    assert isinstance(MLPLesson.load_from_checkpoint(workdir / "checkpoints/mlp/version_0/last.ckpt"), MLPLesson)
 
 
 class GetsWorse(LightningModule):
@@ -120,17 +120,18 @@ def test_every_run_gets_its_own_log_folder_with_its_config(workdir: Path) -> Non
 
 
 def test_config_is_never_overwritten_in_a_fixed_log_folder(workdir: Path) -> None:
-    fixed = ["--trainer.max_epochs", "1", "--trainer.logger.init_args.version", "fixed"]
-    run("fit", "step_lr", *fixed)
+    fixed = ["--trainer.logger.init_args.version", "fixed"]
+    run("fit", "step_lr", "--trainer.max_epochs", "1", *fixed)
     first = (workdir / "lightning_logs/step_lr/fixed/config.yaml").read_bytes()
-    run("fit", "step_lr", *fixed)
+    # only a resume from its own checkpoints may write into a run's fixed folder again
+    run("fit", "step_lr", "--trainer.max_epochs", "2", *fixed, "--ckpt_path", "checkpoints/step_lr/fixed/last.ckpt")
     assert (workdir / "lightning_logs/step_lr/fixed/config.yaml").read_bytes() == first
     assert (workdir / "lightning_logs/step_lr/fixed/config-1.yaml").is_file()
 
 
 def test_run_name_names_the_folders(workdir: Path) -> None:
     run("fit", "step_lr", "--trainer.max_epochs", "1", "--run_name", "my_experiment")
-    assert (workdir / "checkpoints" / "my_experiment" / "last.ckpt").is_file()
+    assert (workdir / "checkpoints" / "my_experiment" / "version_0" / "last.ckpt").is_file()
     assert (workdir / "lightning_logs" / "my_experiment" / "version_0").is_dir()
 
 
@@ -206,5 +207,5 @@ def test_python_dash_m_entry_point() -> None:
 def test_a_checkpoint_matches_its_lesson_however_the_class_path_is_spelled(workdir: Path) -> None:
     run("fit", "step_lr", "--trainer.max_epochs", "1")
     tested = run("test", "step_lr", "--model.class_path", "gpu_lessons.models.schedulers.SchedulerLesson",
-                 "--ckpt_path", "checkpoints/step_lr/last.ckpt")
+                 "--ckpt_path", "checkpoints/step_lr/version_0/last.ckpt")
     assert "test/acc" in tested.trainer.callback_metrics

@@ -73,7 +73,7 @@ def test_a_cli_checkpoint_exports_without_naming_the_lesson_and_the_printed_hint
     workdir: Path, capsys: pytest.CaptureFixture
 ) -> None:
     fitted = run("fit", "regression", "--trainer.max_epochs", "100", "--model.init_args.activation", "tanh")
-    checkpoint = "checkpoints/regression/last.ckpt"
+    checkpoint = "checkpoints/regression/version_0/last.ckpt"
     capsys.readouterr()
     assert main(["--ckpt_path", checkpoint, "--output", "weights/line.pth"]) == 0
     hint = capsys.readouterr().out.split("to load it into the plain network:\n", 1)[1]

@@ -148,7 +148,7 @@ def test_overfit_and_dropout_runs_compared_side_by_side(tmp_path: Path, capsys) 
 
     run("fit", "overfit", "--trainer.max_epochs", "20")
     run("fit", "dropout", "--trainer.max_epochs", "20")
-    checkpoints = ["checkpoints/overfit/last.ckpt", "checkpoints/dropout/last.ckpt"]
+    checkpoints = ["checkpoints/overfit/version_0/last.ckpt", "checkpoints/dropout/version_0/last.ckpt"]
     assert pictures_main([*checkpoints, "--output", "compare.png"]) == 0
     single = Image.open(next(Path("lightning_logs/overfit").rglob("learning_curves.png")))
     compared = Image.open("compare.png")

@@ -34,13 +34,13 @@ def _fit(folder: Path, config: str, *extra: str) -> Path:
 
 @pytest.fixture(scope="module")
 def regression(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A folder with checkpoints/regression/last.ckpt from the shipped config."""
+    """A folder with checkpoints/regression/version_0/last.ckpt from the shipped config."""
     return _fit(tmp_path_factory.mktemp("regression"), "regression")
 
 
 @pytest.fixture(scope="module")
 def cnn(tmp_path_factory: pytest.TempPathFactory, tiny_mnist: Path) -> Path:
-    """A folder with checkpoints/cnn/last.ckpt, one epoch on the tiny MNIST."""
+    """A folder with checkpoints/cnn/version_0/last.ckpt, one epoch on the tiny MNIST."""
     return _fit(tmp_path_factory.mktemp("cnn"), "cnn", *_tiny(tiny_mnist), "--trainer.max_epochs", "1")
 
 
@@ -50,7 +50,7 @@ def _tiny(data_dir: Path) -> list[str]:
 
 
 def _predict(config: str, *extra: str) -> None:
-    run("predict", config, "--ckpt_path", f"checkpoints/{config}/last.ckpt", *extra)
+    run("predict", config, "--ckpt_path", f"checkpoints/{config}/version_0/last.ckpt", *extra)
 
 
 def test_regression_prints_the_course_predictions_and_writes_them_as_csv(

@@ -54,7 +54,7 @@ def uninterrupted(tmp_path_factory: pytest.TempPathFactory) -> dict[str, torch.T
     """Final weights of the shuffled dropout lesson trained without interruption."""
     workdir = tmp_path_factory.mktemp("uninterrupted")
     cli_process("fit", *SHUFFLED_DROPOUT, "--run_name", "run", cwd=workdir)
-    return weights(workdir / "checkpoints/run/last.ckpt")
+    return weights(workdir / "checkpoints/run/version_0/last.ckpt")
 
 
 # 1. Resume is exact -------------------------------------------------------------------------------------------
@@ -67,9 +67,9 @@ def test_resume_after_sigkill_is_bit_identical(tmp_path: Path, uninterrupted: di
         cwd=tmp_path, check_exit=None,
     )
     assert killed.returncode == -signal.SIGKILL
-    assert load_checkpoint(tmp_path / "checkpoints/run/last.ckpt")["epoch"] == 1
-    cli_process("fit", *SHUFFLED_DROPOUT, "--run_name", "run", "--ckpt_path", "checkpoints/run/last.ckpt", cwd=tmp_path)
-    assert_bit_identical(weights(tmp_path / "checkpoints/run/last.ckpt"), uninterrupted)
+    assert load_checkpoint(tmp_path / "checkpoints/run/version_0/last.ckpt")["epoch"] == 1
+    cli_process("fit", *SHUFFLED_DROPOUT, "--run_name", "run", "--ckpt_path", "checkpoints/run/version_0/last.ckpt", cwd=tmp_path)
+    assert_bit_identical(weights(tmp_path / "checkpoints/run/version_1/last.ckpt"), uninterrupted)  # the resume's own
 
 
 # 3. SIGTERM saves and exits 143 (and a mid-epoch resume is exact too) ---------------------------------------------
@@ -82,10 +82,10 @@ def test_sigterm_mid_epoch_saves_exits_143_and_resumes_exactly(tmp_path: Path, u
         cwd=tmp_path, check_exit=143,
     )
     assert "stopped by SIGTERM" in stopped.stderr
-    checkpoint = load_checkpoint(tmp_path / "checkpoints/run/last.ckpt")
+    checkpoint = load_checkpoint(tmp_path / "checkpoints/run/version_0/last.ckpt")
     assert checkpoint["global_step"] == 10 and checkpoint["epoch"] == 1  # mid-epoch: 3 of epoch 1's 7 batches
-    cli_process("fit", *SHUFFLED_DROPOUT, "--run_name", "run", "--ckpt_path", "checkpoints/run/last.ckpt", cwd=tmp_path)
-    assert_bit_identical(weights(tmp_path / "checkpoints/run/last.ckpt"), uninterrupted)
+    cli_process("fit", *SHUFFLED_DROPOUT, "--run_name", "run", "--ckpt_path", "checkpoints/run/version_0/last.ckpt", cwd=tmp_path)
+    assert_bit_identical(weights(tmp_path / "checkpoints/run/version_1/last.ckpt"), uninterrupted)  # the resume's own
 
 
 # 2. Saves are atomic ----------------------------------------------------------------------------------------------
@@ -190,7 +190,7 @@ def test_nan_loss_stops_at_its_step_and_never_reaches_a_checkpoint(tmp_path: Pat
     assert exit_info.value.code == 1
     err = capsys.readouterr().err
     assert "error: the training loss became nan at step 4 (epoch 3, batch 0)" in err and "Traceback" not in err
-    saved = sorted((tmp_path / "checkpoints/step_lr").glob("*.ckpt"))
+    saved = sorted((tmp_path / "checkpoints/step_lr/version_0").glob("*.ckpt"))
     assert saved, "the epochs before the NaN were checkpointed"
     for path in saved:
         checkpoint = load_checkpoint(path)
@@ -202,7 +202,11 @@ def test_nan_loss_stops_at_its_step_and_never_reaches_a_checkpoint(tmp_path: Pat
 
 
 def _snapshot(folder: Path) -> dict[str, str]:
-    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.rglob("*")) if p.is_file()}
+    """Every file's hash and every folder (a bad run must not leave even an empty version folder)."""
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else "folder"
+        for p in sorted(folder.rglob("*"))
+    }
 
 
 @pytest.fixture(scope="module")
@@ -218,7 +222,7 @@ def trained_workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
         os.chdir(cwd)
     (workdir / "notes.txt").write_text("not a checkpoint\n")
     torch.save(torch.zeros(3), workdir / "tensor.pt")
-    last = (workdir / "checkpoints/regression/last.ckpt").read_bytes()
+    last = (workdir / "checkpoints/regression/version_0/last.ckpt").read_bytes()
     (workdir / "truncated.ckpt").write_bytes(last[: len(last) // 2])
     return workdir
 
@@ -240,13 +244,21 @@ BAD_INPUTS = {
     "non-checkpoint text file": (["test", "regression", "--ckpt_path", "notes.txt"], "not a readable PyTorch checkpoint"),
     "tensor file, not a checkpoint": (["test", "regression", "--ckpt_path", "tensor.pt"], "not a Lightning checkpoint"),
     "foreign-lesson ckpt_path": (
-        ["test", "regression", "--ckpt_path", "checkpoints/classifier/last.ckpt"],
+        ["test", "regression", "--ckpt_path", "checkpoints/classifier/version_0/last.ckpt"],
         "was trained by gpu_lessons.models.BlobClassifierLesson, but the config's model is gpu_lessons.models.RegressionLesson",
     ),
     "missing MNIST offline": (["fit", "mlp", "--data.init_args.data_dir", "no_data", "--data.init_args.download", "false"], "MNIST is not in"),
     "unwritable checkpoints folder": (["fit", "classifier", "--checkpoint.dirpath", "notes.txt/ckpts"], "notes.txt is a file, not a folder"),
     "strict GPU on a CPU machine": (["fit", "classifier", "--strict_accelerator", "true"], "accelerator 'gpu' was requested"),
     "unknown subcommand": (["train", "classifier"], "train"),
+    "ckpt_path last before any run": (["test", "step_lr", "--ckpt_path", "last"], "run 'step_lr' has no checkpoint in checkpoints/step_lr/ yet"),
+    "ckpt_path best of a run that keeps only last": (["test", "regression", "--ckpt_path", "best"], "records no best checkpoint"),
+    "ckpt_path hpc": (["test", "classifier", "--ckpt_path", "hpc"], "--ckpt_path hpc is not supported"),
+    "run_name outside checkpoints/": (["fit", "classifier", "--run_name", "../../x"], "--run_name must be a plain folder name"),
+    "checkpoint folder of another run": (
+        ["fit", "classifier", "--checkpoint.dirpath", "checkpoints/regression/version_0"],
+        "checkpoints/regression/version_0 already holds another run's checkpoints (last.ckpt)",
+    ),
     "predict input of the wrong shape": (["predict", "classifier", "--data.init_args.predict_points", "[[1, 2, 3]]"], "predict_points"),
 }
 
@@ -295,10 +307,10 @@ def test_ddp_on_two_cpu_processes_trains_and_tests_like_one_process(tmp_path: Pa
     ]
     ddp = ["--trainer.devices", "2", "--trainer.strategy", "ddp"]
     cli_process("fit", *common, *ddp, "--trainer.max_epochs", "2", cwd=tmp_path)
-    checkpoint = load_checkpoint(tmp_path / "checkpoints/mlp/last.ckpt")
+    checkpoint = load_checkpoint(tmp_path / "checkpoints/mlp/version_0/last.ckpt")
     assert checkpoint["global_step"] == 2 * (500 // 2 // 64 + 1)  # each rank: 250 samples, 4 batches per epoch
-    ddp_test = cli_process("test", *common, *ddp, "--ckpt_path", "checkpoints/mlp/last.ckpt", cwd=tmp_path)
-    single_test = cli_process("test", *common, "--trainer.devices", "1", "--ckpt_path", "checkpoints/mlp/last.ckpt", cwd=tmp_path)
+    ddp_test = cli_process("test", *common, *ddp, "--ckpt_path", "checkpoints/mlp/version_0/last.ckpt", cwd=tmp_path)
+    single_test = cli_process("test", *common, "--trainer.devices", "1", "--ckpt_path", "checkpoints/mlp/version_0/last.ckpt", cwd=tmp_path)
 
     def logged_accuracy(output: str) -> str:
         return next(line.split()[-1] for line in output.splitlines() if "test/acc" in line)

@@ -1,0 +1,76 @@
+"""One rule for where a run's checkpoints live: every ``fit`` writes ``checkpoints/<run>/version_N/`` beside
+``lightning_logs/<run>/version_N/``, so each run's ``last.ckpt`` is its own and ``--ckpt_path last`` is the newest."""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+from pathlib import Path
+
+import pytest
+
+from gpu_lessons.checkpointing import load_checkpoint
+
+from .helpers import run
+from .test_reliability import SHUFFLED_DROPOUT, cli_process
+
+
+@pytest.fixture
+def workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+def _sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_a_second_fit_of_the_same_name_gets_its_own_folders_and_last_ckpt(workdir: Path, capsys) -> None:
+    run("fit", "step_lr", "--trainer.max_epochs", "2")
+    first = workdir / "checkpoints/step_lr/version_0/last.ckpt"
+    first_bytes = _sha(first)
+    run("fit", "step_lr", "--trainer.max_epochs", "3")
+    second = workdir / "checkpoints/step_lr/version_1/last.ckpt"
+    assert load_checkpoint(second)["epoch"] == 2 and load_checkpoint(first)["epoch"] == 1
+    assert _sha(first) == first_bytes  # the first run's checkpoint is untouched
+    assert sorted(p.name for p in (workdir / "lightning_logs/step_lr").iterdir()) == ["version_0", "version_1"]
+    assert not list(workdir.rglob("last-v*.ckpt"))
+    assert "last checkpoint (the latest epoch): checkpoints/step_lr/version_1/last.ckpt" in capsys.readouterr().out
+
+    tested = run("test", "step_lr", "--ckpt_path", "last")  # the newest run's last.ckpt
+    assert Path(tested.config.test.ckpt_path) == Path("checkpoints/step_lr/version_1/last.ckpt")
+    best = run("test", "step_lr", "--ckpt_path", "best")  # the best of the newest run
+    assert Path(best.config.test.ckpt_path).parent == Path("checkpoints/step_lr/version_1")
+    assert Path(best.config.test.ckpt_path).name.startswith("epoch")
+
+
+def test_sigterm_to_a_second_run_never_touches_the_first_runs_last_ckpt(workdir: Path) -> None:
+    cli_process("fit", *SHUFFLED_DROPOUT, "--run_name", "run", "--trainer.max_epochs", "2", cwd=workdir)
+    finished = workdir / "checkpoints/run/version_0/last.ckpt"
+    before = _sha(finished)
+    stopped = cli_process(
+        "fit", *SHUFFLED_DROPOUT, "--run_name", "run",
+        "--trainer.callbacks+=tests.helpers.SigtermAtStep", "--trainer.callbacks.step", "3",
+        cwd=workdir, check_exit=143,
+    )
+    assert "saved checkpoints/run/version_1/last.ckpt" in stopped.stderr
+    assert _sha(finished) == before
+    assert load_checkpoint(workdir / "checkpoints/run/version_1/last.ckpt")["global_step"] == 3
+
+
+def test_a_resume_from_a_moved_run_folder_writes_a_last_ckpt_that_is_the_latest(workdir: Path) -> None:
+    run("fit", "step_lr", "--trainer.max_epochs", "2")
+    shutil.move(workdir / "checkpoints/step_lr/version_0", workdir / "moved")
+    run("fit", "step_lr", "--trainer.max_epochs", "4", "--ckpt_path", "moved/last.ckpt")
+    resumed = load_checkpoint(workdir / "checkpoints/step_lr/version_1/last.ckpt")
+    assert resumed["epoch"] == 3 and resumed["global_step"] == 4  # one step per epoch, four epochs
+    assert load_checkpoint(workdir / "moved/last.ckpt")["epoch"] == 1  # the source is never written
+
+
+def test_a_run_that_fails_before_its_first_checkpoint_leaves_no_folders(workdir: Path, capsys) -> None:
+    run("fit", "step_lr", "--trainer.max_epochs", "1")
+    with pytest.raises(SystemExit):  # fails in the first step, after the logger and the run's config.yaml exist
+        run("fit", "step_lr", "--trainer.callbacks+=tests.helpers.PoisonWeightsAtStep", "--trainer.callbacks.step", "0")
+    assert "the training loss became nan at step 1" in capsys.readouterr().err
+    assert sorted(p.name for p in (workdir / "lightning_logs/step_lr").iterdir()) == ["version_0"]
+    assert sorted(p.name for p in (workdir / "checkpoints/step_lr").iterdir()) == ["version_0"]
