@@ -4,7 +4,7 @@ Not a pytest test (it needs the real MNIST and a few CPU minutes); ``.ci/run`` r
 
     python tests/full_data_check.py --data_dir /path/with/MNIST/raw
 
-For each lesson it runs ``fit`` with the shipped config, then ``test --ckpt_path checkpoints/<lesson>/last.ckpt``,
+For each lesson it runs ``fit`` with the shipped config, then ``test --ckpt_path`` on that run's ``last.ckpt``,
 and fails unless the test accuracy reaches the course's number and the checkpoint reproduces it exactly.
 """
 
@@ -38,7 +38,7 @@ def check(lesson: str, data_dir: Path, workdir: Path) -> tuple[float, float, flo
     fitted = cli_main(["fit", *common])
     fit_seconds = time.perf_counter() - start
     after_fit = fitted.trainer.test(fitted.model, datamodule=fitted.datamodule, verbose=False)[0]["test/acc"]
-    tested = cli_main(["test", *common, "--ckpt_path", f"checkpoints/{lesson}/version_0/last.ckpt"])
+    tested = cli_main(["test", *common, "--ckpt_path", fitted.trainer.checkpoint_callback.last_model_path])
     from_checkpoint = float(tested.trainer.callback_metrics["test/acc"])
     return fit_seconds, after_fit, from_checkpoint
 
