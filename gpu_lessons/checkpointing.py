@@ -6,6 +6,7 @@ import inspect
 import os
 import pickle
 import secrets
+import socket
 import sys
 import types
 import typing
@@ -134,6 +135,56 @@ def checked_hyperparameters(checkpoint: dict[str, Any], base: type[T], source: o
     return cls, arguments
 
 
+def check_weights_fit(checkpoint: dict[str, Any], model: torch.nn.Module, source: object) -> None:
+    """Raise :class:`CheckpointError` unless the checkpoint's ``state_dict`` has exactly ``model``'s names and shapes
+    (saying which differ), before Lightning's ``load_state_dict`` would fail with a traceback mid-run."""
+    expected = model.state_dict()
+    saved = checkpoint["state_dict"]
+    problems = [f"no {name}" for name in expected if name not in saved]
+    problems += [f"an unexpected {name}" for name in saved if name not in expected]
+    problems += [
+        f"{name} of shape {list(saved[name].shape)}, not {list(tensor.shape)}"
+        for name, tensor in expected.items()
+        if name in saved and saved[name].shape != tensor.shape
+    ]
+    if problems:
+        more = f" and {len(problems) - 3} more" if len(problems) > 3 else ""
+        raise CheckpointError(
+            f"{source} does not hold this {type(model).__name__}'s weights: it has {'; '.join(problems[:3])}{more}"
+        )
+
+
+def check_resumable(checkpoint: dict[str, Any], model: torch.nn.Module, source: object) -> None:
+    """Raise :class:`CheckpointError` unless ``fit`` can resume from the checkpoint: it has the loops' and
+    optimizer's state (not only weights) and, for a lesson, that state is its configured optimizer's."""
+    missing = [key for key in ("loops", "optimizer_states") if not isinstance(checkpoint.get(key), (dict, list))]
+    if missing:
+        raise CheckpointError(
+            f"{source} holds no {' or '.join(missing)} (a weights-only checkpoint, or a damaged one): fit cannot resume "
+            "from it; test or predict with it, or load it in Python (load_from_checkpoint) to train on from its weights"
+        )
+    factory = getattr(model, "optimizer_factory", None)
+    states = checkpoint["optimizer_states"]
+    if factory is None or not isinstance(states, list) or len(states) != 1:
+        return
+    groups = states[0].get("param_groups") if isinstance(states[0], dict) else None
+    if not isinstance(groups, list) or len(groups) != 1 or not isinstance(groups[0], dict):
+        raise CheckpointError(f"{source} is damaged: its optimizer state has no usable param_groups")
+    # Load the saved settings into the configured optimizer on stand-in parameters: what the optimizer then still
+    # lacks (SGD's momentum after Adam's state) would fail with a KeyError at the first step.
+    probe = factory([torch.nn.Parameter(torch.zeros(1)) for _ in groups[0].get("params", ())])
+    try:
+        probe.load_state_dict({"state": {}, "param_groups": groups})
+    except (ValueError, KeyError, TypeError) as error:
+        raise CheckpointError(f"{source}: its optimizer state does not fit the configured optimizer ({error})") from None
+    lacking = sorted(set(probe.defaults) - set(probe.param_groups[0]))
+    if lacking:
+        raise CheckpointError(
+            f"{source} was trained with another optimizer than the configured {type(probe).__name__} (its state has no "
+            f"{', '.join(lacking)}): resume with the optimizer it was trained with (the run's config.yaml says which)"
+        )
+
+
 def _is_plain_value(value: object) -> bool:
     if isinstance(value, (list, tuple)):
         return all(_is_plain_value(item) for item in value)
@@ -202,6 +253,13 @@ class LessonCheckpoint(ModelCheckpoint):
         run resumes: under another key, Lightning would drop it and write ``last-v1.ckpt`` beside a stale ``last.ckpt``."""
         return super().state_key.replace(type(self).__qualname__, ModelCheckpoint.__qualname__, 1)
 
+    def check_monitor_top_k(self, trainer: Trainer, current: Optional[torch.Tensor] = None) -> bool:
+        """A NaN or infinite monitored value is never "best" (Lightning would keep ``…val_lossnan.ckpt`` as the best
+        model); ``last.ckpt`` is still written. The value is synced across processes, so all ranks agree."""
+        if current is not None and not torch.isfinite(current).all():
+            return False
+        return super().check_monitor_top_k(trainer, current)
+
     def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         super().on_train_epoch_end(trainer, pl_module)
         if self._should_save_on_train_epoch_end(trainer):
@@ -236,18 +294,20 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         return load_checkpoint(path, map_location=map_location or "cpu")
 
 
-def write_atomically(path: Path, write: Callable[[IO[bytes]], object]) -> None:
+def write_atomically(path: Path, write: Callable[[IO[bytes]], object], *, overwrite: bool = True) -> None:
     """Write ``path`` so that a reader (or a crash) sees the old bytes or the new ones, never a mix.
 
     The bytes go to a temporary file in the *same folder* (so the rename cannot become a cross-filesystem copy, as
-    with ``TMPDIR`` elsewhere), are fsynced, and ``os.replace`` swaps the file in one step. A temporary file that a
-    killed writer of the same path left behind is removed first.
+    with ``TMPDIR`` elsewhere), are fsynced, and ``os.replace`` swaps the file in one step. The temporary file's name
+    holds this machine's name and the writer's process id: one that a killed writer of the same path left behind is
+    removed first, and another live writer's never is. With ``overwrite=False`` the file is linked into place, which
+    fails with :class:`FileExistsError` if ``path`` exists by then (no check-then-write race).
     """
     path.parent.mkdir(parents=True, exist_ok=True)
-    prefix = f".{path.name}."
-    for stale in path.parent.glob(f"{prefix}*.tmp"):
-        stale.unlink(missing_ok=True)
-    temporary = path.parent / f"{prefix}{secrets.token_hex(6)}.tmp"
+    for stale in path.parent.glob(f".{path.name}.*.tmp"):
+        if _writer_is_gone(stale):
+            stale.unlink(missing_ok=True)
+    temporary = path.parent / f".{path.name}.{_HOST}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
     # os.open rather than mkstemp: mkstemp's files are owner-only (0600); these get the usual umask bits
     descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
     try:
@@ -255,11 +315,33 @@ def write_atomically(path: Path, write: Callable[[IO[bytes]], object]) -> None:
             write(file)
             file.flush()
             os.fsync(file.fileno())
-        os.replace(temporary, path)
+        if overwrite:
+            os.replace(temporary, path)
+        else:
+            os.link(temporary, path)
+            temporary.unlink()
     except BaseException:
         temporary.unlink(missing_ok=True)
         raise
     _fsync_directory(path.parent)
+
+
+_HOST = socket.gethostname().replace(".", "_") or "host"
+
+
+def _writer_is_gone(temporary: Path) -> bool:
+    """Whether the process that named ``temporary`` (``.NAME.HOST.PID.TOKEN.tmp``) is provably dead: it ran on this
+    machine and no process has its id. A file of another machine (a shared folder) or of a live process is kept."""
+    parts = temporary.name.rsplit(".", 4)
+    if len(parts) != 5 or parts[1] != _HOST or not parts[2].isdigit():
+        return False
+    try:
+        os.kill(int(parts[2]), 0)
+    except ProcessLookupError:
+        return True
+    except OSError:  # e.g. PermissionError: the process exists but is another user's
+        return False
+    return False
 
 
 def _fsync_directory(folder: Path) -> None:

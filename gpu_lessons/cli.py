@@ -14,6 +14,9 @@ A LightningCLI in subclass mode: a config picks any lesson (``model.class_path``
 
 from __future__ import annotations
 
+import difflib
+import errno
+import inspect
 import os
 import re
 import shutil
@@ -21,16 +24,18 @@ import sys
 from pathlib import Path
 from typing import Any, Optional
 
-from jsonargparse import Namespace
+from jsonargparse import ArgumentError, Namespace
 from lightning.fabric.plugins import CheckpointIO
 from lightning.pytorch import Callback, LightningDataModule, LightningModule, Trainer
 from lightning.pytorch.callbacks import LearningRateMonitor, ProgressBar, TQDMProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
-from lightning.pytorch.utilities.exceptions import SIGTERMException
+from lightning.pytorch.utilities.exceptions import MisconfigurationException, SIGTERMException
 
 from gpu_lessons.checkpointing import (
     AtomicCheckpointIO,
     LessonCheckpoint,
+    check_resumable,
+    check_weights_fit,
     checked_hyperparameters,
     imported_class,
     load_checkpoint,
@@ -42,6 +47,11 @@ from gpu_lessons.pictures import LessonPictures
 from gpu_lessons.predictions import PredictionPrinter
 
 _GPU_ACCELERATORS = ("gpu", "cuda")
+# OSErrors that describe the machine (disk, permissions, paths), not a bug: reported as one line, exit 1
+_MACHINE_ERRNOS = {
+    errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.ELOOP, errno.ENOTDIR, errno.EISDIR,
+    errno.ENAMETOOLONG, errno.EMFILE, errno.EIO,
+}
 _LOGGER_DEFAULT_NAME = "lightning_logs"  # TensorBoardLogger's and CSVLogger's own default for ``name``
 _LIGHTNING_CKPT_ALIASES = ("last", "best", "hpc", "registry")
 _RUN_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
@@ -87,6 +97,8 @@ class LessonCLI(LightningCLI):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         kwargs.setdefault("save_config_callback", NonOverwritingSaveConfigCallback)
         kwargs.setdefault("seed_everything_default", 42)
+        # parse errors come back as exceptions, for cli_main to report in one line instead of the usage block
+        kwargs.setdefault("parser_kwargs", {"exit_on_error": False})
         self._new_folders: list[Path] = []  # the run's folders that did not exist before it
         try:
             super().__init__(Lesson, LightningDataModule, *args, subclass_mode_model=True, subclass_mode_data=True, **kwargs)
@@ -146,6 +158,7 @@ class LessonCLI(LightningCLI):
             raise UserError("--output is for predict: it writes the predictions to a CSV file")
         if config.run_name is None:  # parse_arguments sets it when a subcommand runs; not for run=False
             config.run_name = _checked_run_name(_default_run_name(config))
+        _check_trainer_counts(config.trainer)
         self._resolve_accelerator(config)
         logger = config.trainer.logger
         if isinstance(logger, Namespace) and logger.init_args.get("name") == _LOGGER_DEFAULT_NAME:
@@ -182,6 +195,8 @@ class LessonCLI(LightningCLI):
                 "another folder, or resume with --ckpt_path from that folder"
             )
         for new in (folder, self._log_folder(config)):
+            while new is not None and not new.parent.exists() and new.parent != new.parent.parent:
+                new = new.parent  # the topmost folder this run will create: checkpoints/<run> on its first run
             if new is not None and not new.exists():
                 self._new_folders.append(new)
 
@@ -198,6 +213,7 @@ class LessonCLI(LightningCLI):
         ``weights_only=True``, was written by the configured lesson, and its hyperparameters are plain values for that
         lesson's arguments (:func:`~gpu_lessons.checkpointing.checked_hyperparameters`: a checkpoint is someone else's
         data, and nothing in it may choose code)."""
+        _check_config_files(sys.argv[1:] if args is None else args)
         super().parse_arguments(parser, args)
         self.checkpoint: Optional[dict[str, Any]] = None
         self.checkpoint_hparams: dict[str, Any] = {}
@@ -219,6 +235,8 @@ class LessonCLI(LightningCLI):
                 f"{ckpt_path} was trained by {self.checkpoint['hyper_parameters']['_class_path']}, but the config's "
                 f"model is {config.model.class_path}; use that lesson's config (or the matching checkpoint)"
             )
+        if subcommand == "fit":
+            _say_how_the_data_differs(self.checkpoint, config, ckpt_path)
 
     def _parse_ckpt_path(self) -> None:
         """Replaces LightningCLI's merge of the checkpoint's hyperparameters into the config, where the checkpoint's
@@ -251,11 +269,29 @@ class LessonCLI(LightningCLI):
             print(f"best checkpoint ({score}): {_shown(checkpoint.best_model_path)}")
 
     def instantiate_classes(self) -> None:
-        """Build model, data and trainer; a constructor's ValueError about an argument is a user error."""
+        """Build model, data and trainer; a constructor's complaint about an argument (a ValueError, Lightning's
+        MisconfigurationException, a missing package for ``accelerator: tpu``) is a user error."""
         try:
             super().instantiate_classes()
-        except ValueError as error:
-            raise UserError(f"invalid configuration: {error}") from None
+        except (ValueError, MisconfigurationException, ImportError) as error:
+            raise UserError(f"invalid configuration: {_first_line(error)}") from None
+
+    def after_instantiate_classes(self) -> None:
+        """Checks that need the built lesson, before any data is read: the checkpoint monitor is a metric the lesson
+        logs, and ``--ckpt_path`` holds this lesson's weights (and, to resume a fit, its optimizer's state)."""
+        super().after_instantiate_classes()
+        model, checkpoint_callback = self.model, self.trainer.checkpoint_callback
+        if isinstance(model, Lesson) and checkpoint_callback is not None and checkpoint_callback.monitor is not None:
+            if checkpoint_callback.monitor not in (*model.metric_names, "epoch", "step"):
+                raise UserError(
+                    f"checkpoint.monitor {checkpoint_callback.monitor!r} is not a metric {type(model).__name__} logs; "
+                    f"choose one of {', '.join(model.metric_names)}"
+                )
+        if self.checkpoint is not None:
+            ckpt_path = self._get(self.config, "ckpt_path")
+            check_weights_fit(self.checkpoint, model, ckpt_path)
+            if self.subcommand == "fit":
+                check_resumable(self.checkpoint, model, ckpt_path)
 
     def _resolve_accelerator(self, config: Namespace) -> None:
         accelerator = config.trainer.accelerator
@@ -264,6 +300,9 @@ class LessonCLI(LightningCLI):
         reason = cuda_unavailable_reason()
         if reason is None:
             return
+        devices = config.trainer.devices
+        if not _is_device_count(devices):
+            raise UserError(f"trainer.devices {devices!r} is not a device count (>= 1, -1 for all, or auto) or a list of ids")
         if config.strict_accelerator:
             raise UserError(f"accelerator '{accelerator}' was requested with strict_accelerator, but {reason}")
         sys.stderr.write(
@@ -299,11 +338,119 @@ def _ensure_writable(folder: Path, what: str) -> None:
     """Fail now, not after training, if ``folder`` cannot be created or written."""
     existing = folder
     while not existing.exists() and existing != existing.parent:
+        if existing.is_symlink():  # exists() is False for a link that loops or points nowhere
+            raise UserError(f"cannot write {what} to {folder}: {existing} is a symbolic link that loops or points nowhere")
         existing = existing.parent
     if not existing.is_dir():
         raise UserError(f"cannot write {what} to {folder}: {existing} is a file, not a folder")
     if not os.access(existing, os.W_OK | os.X_OK):
         raise UserError(f"cannot write {what} to {folder}: {existing} is not writable")
+
+
+# Where data is read from and how it is served, not what it is: a resume elsewhere may change them freely.
+_DATA_LOCATION_KEYS = {"data_dir", "download", "num_workers", "on_device", "loader", "predict_images", "predict_x",
+                       "predict_points", "eval_batch_size"}
+
+
+def _say_how_the_data_differs(checkpoint: dict[str, Any], config: Namespace, ckpt_path: str) -> None:
+    """A resume trains on with the checkpoint's network; if the config's data is other than the data it was trained
+    on (noise labels instead of the pattern), say so in one line: that may be meant (fine-tuning), or a mix-up."""
+    saved = checkpoint.get("datamodule_hyper_parameters")
+    data = config.get("data")
+    if not isinstance(saved, dict) or not isinstance(data, Namespace) or not isinstance(data.get("init_args"), Namespace):
+        return
+    if saved.get("_class_path") not in (None, data.class_path) and imported_class(str(saved.get("_class_path"))) is not (
+        imported_class(data.class_path)
+    ):
+        sys.stderr.write(f"gpu_lessons: {ckpt_path} was trained on {saved['_class_path']}, this fit uses {data.class_path}\n")
+        return
+    now = data.init_args
+    changes = [
+        f"{key} {value!r} -> {now.get(key)!r}"
+        for key, value in saved.items()
+        if not key.startswith("_") and key not in _DATA_LOCATION_KEYS and key in now and now.get(key) != value
+    ]
+    if changes:
+        sys.stderr.write(f"gpu_lessons: the data differs from what {ckpt_path} was trained on: {', '.join(changes)}\n")
+
+
+def _check_config_files(args: Any) -> None:
+    """A ``--config`` file that is not UTF-8 text (a binary file given by mistake) is named in one line; jsonargparse
+    would fail on it with a UnicodeDecodeError traceback."""
+    if not isinstance(args, (list, tuple)):
+        return
+    values = [value for flag, value in zip(args, args[1:]) if flag in ("--config", "-c")]
+    values += [arg.split("=", 1)[1] for arg in args if isinstance(arg, str) and arg.startswith("--config=")]
+    for value in values:
+        if isinstance(value, str) and os.path.isfile(value):
+            try:
+                Path(value).read_text(encoding="utf-8")
+            except UnicodeDecodeError as error:
+                raise UserError(f"--config {value} is not a YAML text file (byte {error.start} is not UTF-8)") from None
+
+
+_JSONARGPARSE_NOISE = (
+    "Does not validate against any of the Union subtypes", "Subtypes:", "Errors:", "Given value type:",
+    "Expected a <class 'NoneType'>",
+)
+
+
+def _parse_error_line(error: BaseException) -> str:
+    """jsonargparse's multi-line report (Union subtypes, nested ``Parser key`` blocks, the given value) as one line:
+    the full key, the innermost reason, and for an unknown option the closest real one."""
+    keys, reasons, given, class_path = [], [], None, None
+    for line in (line.strip() for line in str(error).splitlines()):
+        line = line.removeprefix("- ").strip()
+        if match := re.match(r'Parser key "([^"]+)":\s*(.*)', line):
+            keys.append(match.group(1) if not keys or class_path is None else f"init_args.{match.group(1)}")
+            line = match.group(2)
+        if not line or line.startswith(_JSONARGPARSE_NOISE):
+            continue
+        if line.startswith("Given value:"):
+            given = line.removeprefix("Given value:").strip()
+        elif match := re.match(r"Problem with given class_path '([^']+)':?", line):
+            class_path = match.group(1)
+        else:
+            reasons.append(line)
+    reason = re.sub(r"<class '([\w.]+)'>", r"\1", reasons[-1] if reasons else str(error).strip())
+    reason = re.sub(r"^Expected an? ", "expected ", reason)
+    if given and reason.startswith("Expected") and "Got value" not in reason and not given.startswith("NestedArg("):
+        reason += f", got {given!r}"
+    if (unknown := re.fullmatch(r"Option '([^']+)' is not accepted", reason)) and class_path:
+        cls = imported_class(class_path)
+        known = [p for p in inspect.signature(cls.__init__).parameters if p not in ("self", "args", "kwargs")] if cls else []
+        close = difflib.get_close_matches(unknown.group(1), known, n=1)
+        reason = f"{class_path.rsplit('.', 1)[-1]} has no argument {unknown.group(1)!r}" + (
+            f"; did you mean {close[0]!r}?" if close else f" (its arguments: {', '.join(known)})"
+        )
+        keys.append(f"init_args.{unknown.group(1)}")
+    return f"{'.'.join(keys)}: {reason}" if keys else reason
+
+
+def _is_device_count(devices: Any) -> bool:
+    if isinstance(devices, (list, tuple)):
+        return len(devices) > 0
+    text = str(devices).strip()
+    return text == "auto" or text == "-1" or (text.isdigit() and int(text) >= 1)
+
+
+# Trainer arguments Lightning only trips over mid-run (accumulate_grad_batches 0 divides by zero at the first step).
+_POSITIVE_TRAINER_COUNTS = ("accumulate_grad_batches", "num_nodes", "check_val_every_n_epoch")
+
+
+def _check_trainer_counts(trainer: Namespace) -> None:
+    for name in _POSITIVE_TRAINER_COUNTS:
+        value = trainer.get(name)
+        if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
+            raise UserError(f"trainer.{name} must be a positive integer, got {value!r}")
+
+
+def _first_line(error: BaseException) -> str:
+    """The error's message on one line. jsonargparse wraps a constructor's error in a list of the Union's subtypes'
+    failures ("Errors:\n  - <the real message>\n  - Expected a <class 'NoneType'>"): that real message is the line."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    reasons = [line[2:] for line in lines if line.startswith("- ") and not line.startswith("- Expected a ")]
+    return reasons[0] if reasons else lines[0] if lines else type(error).__name__
 
 
 def _shown(path: str) -> str:
@@ -377,6 +524,19 @@ def cli_main(args: Optional[list[str]] = None) -> Optional[LessonCLI]:
     except UserError as error:
         print_error(error)
         raise SystemExit(error.exit_code) from None
+    except ArgumentError as error:  # the parser's (the CLI sets exit_on_error=False to report it in one line)
+        print_error(_parse_error_line(error))
+        raise SystemExit(UserError.exit_code) from None
+    except MisconfigurationException as error:  # Lightning's word for a setting that does not work, found mid-run
+        print_error(f"invalid configuration: {_first_line(error)}")
+        raise SystemExit(UserError.exit_code) from None
+    except OSError as error:
+        if error.errno not in _MACHINE_ERRNOS:
+            raise
+        # a full disk, a read-only or unwritable folder: the checkpoints already written are intact (atomic saves)
+        where = f"{error.filename}: " if error.filename else ""
+        print_error(f"cannot write or read {where}{error.strerror or error}")
+        raise SystemExit(1) from None
     except SIGTERMException:
         saved = CheckpointOnSigterm.saved and _shown(CheckpointOnSigterm.saved)
         sys.stderr.write(

@@ -121,6 +121,18 @@ def _positive_int(text: str) -> int:
     return value
 
 
+# Three float32 matrices of 16384² are 3 GiB, on the CPU and the GPU alike; 200000² would be 480 GB.
+MAX_SIZE = 16384
+
+
+def _matrix_size(text: str) -> int:
+    value = _positive_int(text)
+    if value > MAX_SIZE:
+        gib = 3 * 4 * value**2 / 2**30
+        raise argparse.ArgumentTypeError(f"at most {MAX_SIZE} (three {value}×{value} matrices need {gib:,.0f} GiB)")
+    return value
+
+
 def _print_section(title: str, lines: list[str]) -> None:
     print(title)
     for line in lines:
@@ -130,7 +142,9 @@ def _print_section(title: str, lines: list[str]) -> None:
 def main(argv: Optional[list[str]] = None) -> int:
     """Print the report; return 0 if every check that could run passed, else 1."""
     parser = argparse.ArgumentParser(prog="python -m gpu_lessons.doctor", description=__doc__.splitlines()[0])
-    parser.add_argument("--size", type=_positive_int, default=4096, help="N of the N×N matrices (default 4096)")
+    parser.add_argument(
+        "--size", type=_matrix_size, default=4096, help=f"N of the N×N matrices (default 4096, at most {MAX_SIZE})"
+    )
     parser.add_argument("--repeats", type=_positive_int, default=5, help="timed runs, median reported (default 5)")
     args = parser.parse_args(argv)
 

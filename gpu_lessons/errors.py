@@ -13,7 +13,11 @@ class CheckpointError(UserError):
     """A checkpoint that is missing, unreadable, unsafe to load or from another lesson."""
 
 
-class DatasetMissingError(UserError, RuntimeError):
+class DatasetError(UserError, RuntimeError):
+    """The dataset's files are damaged: truncated, not the dataset's format, or inconsistent."""
+
+
+class DatasetMissingError(DatasetError):
     """The dataset's files are not on disk and could not be downloaded."""
 
 

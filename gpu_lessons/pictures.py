@@ -280,7 +280,7 @@ class LessonPictures(Callback):
         return {"history": self.history}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self.history = list(state_dict["history"])
+        self.history = checked_history(state_dict.get("history"), "the checkpoint")
 
     def _fit_pictures(self, trainer: Trainer, pl_module: LightningModule) -> Iterator[tuple[str, Figure]]:
         if self.history:
@@ -354,6 +354,26 @@ def _predictor(trainer: Trainer, pl_module: LightningModule) -> Predict:
     return predict
 
 
+def checked_history(history: Any, source: str) -> list[dict[str, float]]:
+    """A checkpoint's learning curves, or a :class:`UserError` naming what is wrong: a list of per-epoch dicts with
+    an integer ``epoch`` and numbers for the metrics."""
+    if history is None:
+        return []
+    entries = history if isinstance(history, list) else None
+    for entry in entries or ():
+        if (
+            not isinstance(entry, dict)
+            or isinstance(entry.get("epoch"), bool)
+            or not isinstance(entry.get("epoch"), int)
+            or not all(isinstance(k, str) and isinstance(v, (int, float)) for k, v in entry.items())
+        ):
+            entries = None
+            break
+    if entries is None:
+        raise UserError(f"{source}: its learning curves are damaged (not a list of per-epoch numbers)")
+    return [dict(entry) for entry in entries]
+
+
 def render(figure: Figure) -> np.ndarray:
     """The figure's pixels, ``[height, width, 3]`` uint8."""
     canvas = FigureCanvasAgg(figure)
@@ -372,13 +392,20 @@ def compare_runs(checkpoints: Sequence[Union[str, Path]], output: Union[str, Pat
         raise UserError(f"{output} already exists; delete it or choose another --output")
     runs: dict[str, History] = {}
     for path in map(Path, checkpoints):
-        history = load_checkpoint(path).get("callbacks", {}).get(LessonPictures.__qualname__, {}).get("history")
+        state = load_checkpoint(path).get("callbacks", {}).get(LessonPictures.__qualname__)
+        history = checked_history(state.get("history") if isinstance(state, dict) else None, str(path))
         if not history:
             raise UserError(f"{path} holds no learning curves (it was not written by `python -m gpu_lessons fit`)")
         # checkpoints/overfit/version_0/last.ckpt is the run "overfit/version_0"
         in_version = re.fullmatch(r"version_\d+", path.parent.name) is not None
         runs["/".join(path.parent.parts[-2:]) if in_version else f"{path.parent.name}/{path.stem}"] = history
-    write_atomically(output, lambda file: PIL.Image.fromarray(render(learning_curves_figure(runs))).save(file, "PNG"))
+    pixels = render(learning_curves_figure(runs))
+    try:
+        write_atomically(output, lambda file: PIL.Image.fromarray(pixels).save(file, "PNG"), overwrite=False)
+    except FileExistsError:
+        raise UserError(f"{output} appeared while drawing; it was left as it is") from None
+    except OSError as error:
+        raise UserError(f"cannot write {output}: {error.strerror or error}") from None
     return output
 
 

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import csv
+import io
 from pathlib import Path
 from typing import Any, Optional, Union
 
 from lightning.pytorch import Callback, LightningModule, Trainer
 
+from gpu_lessons.checkpointing import write_atomically
 from gpu_lessons.errors import UserError
 from gpu_lessons.models.base import PredictionRow, batch_inputs
 
@@ -72,12 +74,14 @@ class PredictionPrinter(Callback):
             print(f"{len(self.rows)} predictions written to {self.output}")
 
     def _write_csv(self, path: Path) -> None:
+        """All rows, or nothing: the CSV is built in memory and written atomically, never over an existing file."""
+        text = io.StringIO(newline="")
+        writer = csv.DictWriter(text, fieldnames=list(self.rows[0].values))
+        writer.writeheader()
+        writer.writerows(row.values for row in self.rows)
+        data = text.getvalue().encode("utf-8")
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            with path.open("x", newline="", encoding="utf-8") as file:  # "x": never overwrite
-                writer = csv.DictWriter(file, fieldnames=list(self.rows[0].values))
-                writer.writeheader()
-                writer.writerows(row.values for row in self.rows)
+            write_atomically(path, lambda file: file.write(data), overwrite=False)
         except FileExistsError:
             raise UserError(f"{path} appeared while predicting; it was left as it is") from None
         except OSError as error:

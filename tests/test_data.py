@@ -17,6 +17,7 @@ from gpu_lessons.data import (
     RandomFeaturesDataModule,
     TensorBatches,
 )
+from gpu_lessons.errors import DatasetError, UserError
 
 from .conftest import write_idx_dataset
 
@@ -235,8 +236,69 @@ def test_tensor_batches_resume_mid_epoch_at_the_next_unseen_batch() -> None:
     partial = iter(full)
     next(partial), next(partial)
     state = full.state_dict()
-    assert state == {"epoch": 2, "batches_trained": 2}
+    assert state == {"epoch": 2, "batches_trained": 2, "batch_size": 3}
     resumed = TensorBatches(x, batch_size=3, sampler=EpochPermutation(10, shuffle=True, seed=5))
     resumed.load_state_dict(state)
     assert [b[0].tolist() for b in resumed] == expected[2:]
     assert len([b for b in resumed]) == 4  # the skip applies to the resumed epoch only
+
+
+def test_a_mid_epoch_resume_with_another_batch_size_is_refused_and_an_epoch_end_one_is_not() -> None:
+    x = torch.arange(10)
+    resumed = TensorBatches(x, batch_size=4, sampler=EpochPermutation(10, shuffle=True, seed=5))
+    with pytest.raises(UserError, match="stopped mid-epoch after 2 batches of 3; resume it with batch_size 3"):
+        resumed.load_state_dict({"epoch": 2, "batches_trained": 2, "batch_size": 3})
+    resumed.load_state_dict({"epoch": 2, "batches_trained": 4, "batch_size": 3})  # 4 batches of 3: the epoch's end
+    assert sum(len(b[0]) for b in resumed) == 10  # a whole new epoch, nothing skipped
+
+
+def _damage(raw: Path, case: str) -> None:
+    import gzip
+    import struct
+
+    images, labels = raw / "train-images-idx3-ubyte", raw / "train-labels-idx1-ubyte"
+    if case == "truncated images":
+        images.write_bytes(images.read_bytes()[:1000])
+    elif case == "empty images":
+        images.write_bytes(b"")
+    elif case == "wrong magic number":
+        labels.write_bytes(b"\0\0\0\0" + labels.read_bytes()[4:])
+    elif case == "fewer labels than images":
+        labels.write_bytes(struct.pack(">II", 0x801, 10) + labels.read_bytes()[8:18])
+    elif case == "images that are not 28x28":
+        images.write_bytes(struct.pack(">IIII", 0x803, 60, 14, 56) + images.read_bytes()[16:])
+    elif case == "a label outside 0..9":
+        data = bytearray(labels.read_bytes())
+        data[10] = 77
+        labels.write_bytes(bytes(data))
+    elif case in ("corrupt .gz", "truncated .gz"):
+        packed = gzip.compress(images.read_bytes())
+        images.unlink()
+        (raw / "train-images-idx3-ubyte.gz").write_bytes(
+            b"\x1f\x8bnot gzip" if case == "corrupt .gz" else packed[: len(packed) // 2]
+        )
+
+
+DAMAGED_MNIST = {
+    "truncated images": "cannot be read (RuntimeError",
+    "empty images": "cannot be read (ValueError",
+    "wrong magic number": "cannot be read (AssertionError",
+    "fewer labels than images": "cannot be read (60 images but 10 labels)",
+    "images that are not 28x28": "cannot be read (its images are [14, 56], not 28×28)",
+    "a label outside 0..9": "cannot be read (labels outside 0..9 (0..77))",
+    "corrupt .gz": "train-images-idx3-ubyte.gz is damaged",
+    "truncated .gz": "train-images-idx3-ubyte.gz is damaged (EOFError",
+}
+
+
+@pytest.mark.parametrize("case", list(DAMAGED_MNIST))
+def test_damaged_mnist_files_are_one_clear_error_naming_them(case: str, tmp_path: Path) -> None:
+    root = write_idx_dataset(tmp_path, num_train=60, num_test=20)
+    _damage(root / "MNIST" / "raw", case)
+    before = sorted(p.name for p in (root / "MNIST" / "raw").iterdir())
+    datamodule = MNISTDataModule(data_dir=root, val_size=10, download=False)
+    with pytest.raises(DatasetError) as error:
+        datamodule.prepare_data()
+        datamodule.setup("fit")
+    assert DAMAGED_MNIST[case] in str(error.value) and "\n" not in str(error.value)
+    assert sorted(p.name for p in (root / "MNIST" / "raw").iterdir()) == before  # no half-unpacked file left

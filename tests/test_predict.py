@@ -183,3 +183,69 @@ def test_a_picture_becomes_an_mnist_digit() -> None:
 
     exact = torch.randint(0, 40, (28, 28), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
     assert torch.equal(mnist_digit(PIL.Image.fromarray(exact.numpy())), exact)
+
+
+def test_a_fifo_is_refused_at_once_instead_of_blocking(tmp_path: Path) -> None:
+    """``PIL.Image.open`` on a FIFO waits forever for a writer: only regular files are read (in a subprocess, so a
+    regression shows as a timeout, not a hung suite)."""
+    import subprocess
+    import sys
+
+    from .conftest import REPO
+
+    fifo = tmp_path / "x.png"
+    os.mkfifo(fifo)
+    script = (
+        "import sys\nfrom gpu_lessons.data.images import read_digits\nfrom gpu_lessons.errors import UserError\n"
+        f"try:\n    read_digits({str(fifo)!r})\nexcept UserError as error:\n    print(error)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
+                            env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert result.stdout.strip() == f"predict_images: {fifo} is not a regular file or a folder"
+
+
+def test_a_picture_of_too_many_pixels_is_refused_before_it_is_decoded(tmp_path: Path) -> None:
+    from gpu_lessons.data.images import MAX_PIXELS, read_digits
+    from gpu_lessons.errors import UserError
+
+    PIL.Image.new("1", (7000, 7000)).save(tmp_path / "huge.png")  # 49 M pixels in a file of a few kB
+    assert 7000 * 7000 > MAX_PIXELS and (tmp_path / "huge.png").stat().st_size < 100_000
+    with pytest.raises(UserError, match=r"huge.png: cannot read image \(7000×7000 pixels is more than the 40,000,000"):
+        read_digits(tmp_path / "huge.png")
+
+
+def test_a_file_name_that_is_not_utf8_is_predicted_and_written_to_the_csv(
+    cnn: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    monkeypatch.chdir(cnn)
+    pictures = tmp_path / "pictures"
+    pictures.mkdir()
+    for i, name in enumerate([b"seven\xff.png", b"plain.png"]):
+        PIL.Image.new("L", (28, 28), color=40 * i).save(os.path.join(os.fsencode(pictures), name))
+    output = tmp_path / "digits.csv"
+    _predict("cnn", "--data.init_args.predict_images", str(pictures), "--output", str(output))
+    rows = list(csv.DictReader(output.open(encoding="utf-8")))
+    assert [row["input"] for row in rows] == [str(pictures / "plain.png"), str(pictures / "seven\ufffd.png")]
+    assert "seven\ufffd.png → digit" in capsys.readouterr().out
+
+
+def test_a_csv_that_cannot_be_written_leaves_no_partial_file(
+    regression: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    import errno
+
+    monkeypatch.chdir(regression)
+    real_fsync = os.fsync
+
+    def disk_full(fd: int) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", disk_full)
+    with pytest.raises(SystemExit) as exit_info:
+        _predict("regression", "--output", str(tmp_path / "line.csv"))
+    monkeypatch.setattr(os, "fsync", real_fsync)
+    assert exit_info.value.code == 2
+    assert "No space left on device" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []  # neither the CSV nor its temporary file
+    _predict("regression", "--output", str(tmp_path / "line.csv"))  # and the next run is not blocked
+    assert len((tmp_path / "line.csv").read_text().splitlines()) == 4

@@ -18,7 +18,7 @@ from gpu_lessons.checkpointing import AtomicCheckpointIO, load_checkpoint
 from gpu_lessons.errors import CheckpointError
 from gpu_lessons.models import RegressionLesson
 
-from .conftest import CONFIGS, REPO
+from .conftest import CONFIGS, REPO, write_idx_dataset
 from .helpers import QUIET, run
 
 # A lesson that shuffles (batch 32 of 200 samples) and uses dropout; validation every epoch.
@@ -224,7 +224,30 @@ def trained_workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     torch.save(torch.zeros(3), workdir / "tensor.pt")
     last = (workdir / "checkpoints/regression/version_0/last.ckpt").read_bytes()
     (workdir / "truncated.ckpt").write_bytes(last[: len(last) // 2])
+    (workdir / "binary.yaml").write_bytes(bytes(range(128, 256)))
+    (workdir / "checkpoints" / "loop").symlink_to("loop")  # a run folder that is a symlink to itself
+    write_idx_dataset(workdir / "damaged_mnist", num_train=60, num_test=20)
+    (workdir / "damaged_mnist/MNIST/raw/train-images-idx3-ubyte").write_bytes(b"\x00\x00\x08\x03 truncated")
+    _damaged_checkpoints(workdir)
     return workdir
+
+
+def _damaged_checkpoints(workdir: Path) -> None:
+    """Checkpoints with plain-data damage (each passes ``weights_only``), beside the good ones."""
+    good = load_checkpoint(workdir / "checkpoints/regression/version_0/last.ckpt")
+    damage = {
+        "state_dict_5": lambda c: c.update(state_dict=5),
+        "wrong_shapes": lambda c: c["state_dict"].update({"net.layer1.weight": torch.zeros(3, 3)}),
+        "bad_rng": lambda c: c.update(rng_states={"torch": "seeds", "cuda": None, "python": None}),
+        "bad_loops": lambda c: c.update(loops=5),
+        "weights_only": lambda c: [c.pop(k) for k in ("optimizer_states", "lr_schedulers", "loops")],
+        "bad_history": lambda c: c["callbacks"].update(LessonPictures={"history": [{"epoch": "one"}]}),
+    }
+    for name, change in damage.items():
+        checkpoint = load_checkpoint(workdir / "checkpoints/regression/version_0/last.ckpt")
+        change(checkpoint)
+        torch.save(checkpoint, workdir / f"{name}.ckpt")
+    assert good["state_dict"]  # the source was left as it was
 
 
 BAD_INPUTS = {
@@ -251,6 +274,27 @@ BAD_INPUTS = {
     "unwritable checkpoints folder": (["fit", "classifier", "--checkpoint.dirpath", "notes.txt/ckpts"], "notes.txt is a file, not a folder"),
     "strict GPU on a CPU machine": (["fit", "classifier", "--strict_accelerator", "true"], "accelerator 'gpu' was requested"),
     "unknown subcommand": (["train", "classifier"], "train"),
+    "devices 0 (falling back to the CPU)": (["fit", "classifier", "--trainer.devices", "0"], "trainer.devices '0' is not a device count"),
+    "devices 0 on the CPU": (["fit", "classifier", "--trainer.accelerator", "cpu", "--trainer.devices", "0"], "invalid configuration: `Trainer(devices='0')`"),
+    "max_epochs -5": (["fit", "classifier", "--trainer.max_epochs", "-5"], "`max_epochs` must be a non-negative integer or -1"),
+    "accelerator tpu": (["fit", "classifier", "--trainer.accelerator", "tpu"], "invalid configuration:"),
+    "accumulate_grad_batches 0": (["fit", "classifier", "--trainer.accumulate_grad_batches", "0"], "trainer.accumulate_grad_batches must be a positive integer, got 0"),
+    "checkpoint monitor that is never logged": (["fit", "classifier", "--checkpoint.monitor", "val/nope"], "checkpoint.monitor 'val/nope' is not a metric BlobClassifierLesson logs"),
+    "plateau monitor that is never logged": (["fit", "plateau", "--model.init_args.monitor", "val/x"], "monitor 'val/x' is not a metric this lesson logs"),
+    "binary YAML config": (["fit", "--config", "binary.yaml"], "--config binary.yaml is not a YAML text file"),
+    "num_train 1e11": (["fit", "dropout", "--data.init_args.num_train", "100000000000"], "more than the 100,000,000 that synthetic data may hold"),
+    "run folder that is a symlink loop": (["fit", "classifier", "--run_name", "loop"], "checkpoints/loop is a symbolic link that loops"),
+    "damaged MNIST file": (["fit", "mlp", "--data.init_args.data_dir", "damaged_mnist", "--data.init_args.download", "false"], "is damaged: train-images-idx3-ubyte"),
+    "checkpoint whose state_dict is 5": (["test", "regression", "--ckpt_path", "state_dict_5.ckpt"], "its state_dict is not a mapping of parameter names to tensors"),
+    "checkpoint of the wrong shapes": (["test", "regression", "--ckpt_path", "wrong_shapes.ckpt"], "net.layer1.weight of shape [3, 3], not [8, 1]"),
+    "resume with damaged RNG states": (["fit", "regression", "--ckpt_path", "bad_rng.ckpt", "--trainer.max_epochs", "9"], "random-number states are damaged"),
+    "resume with damaged loop state": (["fit", "regression", "--ckpt_path", "bad_loops.ckpt"], "bad_loops.ckpt holds no loops"),
+    "resume from weights only": (["fit", "regression", "--ckpt_path", "weights_only.ckpt"], "holds no loops or optimizer_states"),
+    "resume with another optimizer": (
+        ["fit", "regression", "--ckpt_path", "checkpoints/regression/version_0/last.ckpt",
+         "--model.init_args.optimizer", "torch.optim.SGD", "--model.init_args.optimizer.lr", "0.1"],
+        "was trained with another optimizer than the configured SGD (its state has no dampening, momentum)",
+    ),
     "ckpt_path last before any run": (["test", "step_lr", "--ckpt_path", "last"], "run 'step_lr' has no checkpoint in checkpoints/step_lr/ yet"),
     "ckpt_path best of a run that keeps only last": (["test", "regression", "--ckpt_path", "best"], "records no best checkpoint"),
     "ckpt_path hpc": (["test", "classifier", "--ckpt_path", "hpc"], "--ckpt_path hpc is not supported"),
@@ -279,7 +323,71 @@ def test_bad_input_is_one_clear_error_and_changes_nothing(case: str, trained_wor
     err = capsys.readouterr().err
     assert exit_info.value.code not in (0, None)
     assert "Traceback" not in err
-    assert "error:" in err and expected in err, err
+    errors = [line for line in err.splitlines() if "error:" in line]
+    assert len(errors) == 1 and expected in errors[0], err
+    assert _snapshot(trained_workdir) == before
+
+
+def test_a_full_disk_is_one_error_line_and_the_last_checkpoint_survives(trained_workdir: Path, monkeypatch, capsys) -> None:
+    import errno
+
+    monkeypatch.chdir(trained_workdir)
+    before = _snapshot(trained_workdir)
+
+    def disk_full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device", "checkpoints/regression/version_9/last.ckpt")
+
+    monkeypatch.setattr(torch, "save", disk_full)
+    with pytest.raises(SystemExit) as exit_info:
+        run("fit", "regression", "--ckpt_path", "checkpoints/regression/version_0/last.ckpt", "--trainer.max_epochs", "9")
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 1 and "Traceback" not in err
+    assert [line for line in err.splitlines() if "error:" in line] == [
+        "error: cannot write or read checkpoints/regression/version_9/last.ckpt: No space left on device"
+    ]
+    assert _snapshot(trained_workdir) == before  # the old last.ckpt intact, and no half-made run folders
+
+
+def test_a_save_never_removes_another_live_writers_temporary_file(tmp_path: Path) -> None:
+    """Two runs saving to one folder: the second save must not delete the first's temporary file mid-write (the
+    first would then fail on its rename). Only a dead writer's leftovers are removed."""
+    from gpu_lessons.checkpointing import write_atomically
+
+    target = tmp_path / "last.ckpt"
+
+    def first_writer(file) -> None:
+        file.write(b"first")
+        write_atomically(target, lambda other: other.write(b"second"))  # another writer, while this one is open
+
+    write_atomically(target, first_writer)
+    assert target.read_bytes() == b"first"  # the first writer's rename still found its file
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    from gpu_lessons.checkpointing import _HOST
+
+    leftover = tmp_path / f".last.ckpt.{_HOST}.{int(dead.stdout)}.abcd1234.tmp"
+    foreign = tmp_path / ".last.ckpt.otherhost.1.abcd1234.tmp"  # another machine's, on a shared folder
+    leftover.write_bytes(b"killed mid-save")
+    foreign.write_bytes(b"still writing elsewhere")
+    write_atomically(target, lambda file: file.write(b"third"))
+    assert not leftover.exists() and foreign.exists() and target.read_bytes() == b"third"
+
+
+def test_a_nan_validation_loss_is_never_the_best_checkpoint() -> None:
+    from gpu_lessons.checkpointing import LessonCheckpoint
+
+    checkpoint = LessonCheckpoint(monitor="val/loss", save_top_k=1)
+    assert checkpoint.check_monitor_top_k(None, torch.tensor(float("nan"))) is False
+    assert checkpoint.check_monitor_top_k(None, torch.tensor(float("inf"))) is False
+    assert checkpoint.check_monitor_top_k(None, torch.tensor(0.5)) is True
+
+
+def test_damaged_learning_curves_are_one_error_line(trained_workdir: Path, monkeypatch, capsys) -> None:
+    from gpu_lessons.pictures import main as pictures_main
+
+    monkeypatch.chdir(trained_workdir)
+    before = _snapshot(trained_workdir)
+    assert pictures_main(["bad_history.ckpt", "--output", "compare.png"]) == 2
+    assert capsys.readouterr().err == "error: bad_history.ckpt: its learning curves are damaged (not a list of per-epoch numbers)\n"
     assert _snapshot(trained_workdir) == before
 
 

@@ -1,13 +1,14 @@
 """LightningDataModules for the course's synthetic datasets and for (Fashion-)MNIST."""
 
 from gpu_lessons.data.batches import EpochPermutation, TensorBatches
-from gpu_lessons.data.mnist import DatasetMissingError, MNISTDataModule
+from gpu_lessons.data.mnist import DatasetError, DatasetMissingError, MNISTDataModule
 from gpu_lessons.data.synthetic import BlobsDataModule, CurveDataModule, LineDataModule, RandomFeaturesDataModule
 from gpu_lessons.data.tensor_datamodule import TensorDataModule
 
 __all__ = [
     "BlobsDataModule",
     "CurveDataModule",
+    "DatasetError",
     "DatasetMissingError",
     "EpochPermutation",
     "LineDataModule",

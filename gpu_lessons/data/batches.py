@@ -13,6 +13,8 @@ from collections.abc import Iterator
 import torch
 from torch import Tensor
 
+from gpu_lessons.errors import UserError
+
 
 class EpochPermutation:
     """Which sample indices one rank sees in one epoch.
@@ -112,9 +114,21 @@ class TensorBatches:
         Lightning fetches no batch ahead from a loader that has a length, so every batch handed out by the time a
         checkpoint is taken has been trained on.
         """
-        return {"epoch": self.sampler.epoch, "batches_trained": self._yielded}
+        return {"epoch": self.sampler.epoch, "batches_trained": self._yielded, "batch_size": self.batch_size}
 
     def load_state_dict(self, state: dict[str, int]) -> None:
-        """Skip the batches a resumed epoch has already trained on (the order comes back from the epoch's seed)."""
+        """Skip the batches a resumed epoch has already trained on (the order comes back from the epoch's seed).
+
+        Mid-epoch, the position is a number of batches of the size the run had: with another ``batch_size`` it would
+        skip or repeat samples, so that is refused (at an epoch's end any batch size resumes exactly)."""
         self.sampler.set_epoch(state["epoch"])
-        self._resume_at = state["batches_trained"] % max(len(self), 1)
+        saved_size = state.get("batch_size", self.batch_size)
+        rounding = math.floor if self.drop_last else math.ceil
+        batches_then = max(rounding(len(self.sampler) / saved_size), 1)  # the epoch's length in the saved run
+        resume_at = state["batches_trained"] % batches_then
+        if resume_at and saved_size != self.batch_size:
+            raise UserError(
+                f"this checkpoint stopped mid-epoch after {state['batches_trained']} batches of {saved_size}; resume it "
+                f"with batch_size {saved_size} (not {self.batch_size}), or from a checkpoint taken at an epoch's end"
+            )
+        self._resume_at = resume_at

@@ -14,7 +14,9 @@ from torch import Tensor
 from gpu_lessons.errors import UserError, print_error
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
-_SIZE, _BOX = 28, 20  # MNIST scaled each digit into a 20×20 box and centred it in 28×28
+_SIZE, _BOX = 28, 20
+# A photo of a digit needs far fewer pixels; a 13000×13000 RGBA PNG (680 KB on disk) would take 3.4 GB to decode.
+MAX_PIXELS = 40_000_000  # MNIST scaled each digit into a 20×20 box and centred it in 28×28
 
 
 def mnist_digit(image: PIL.Image.Image) -> Tensor:
@@ -52,8 +54,10 @@ def read_digits(source: Union[str, Path]) -> tuple[Tensor, list[str]]:
         paths = sorted(p for p in source.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
         if not paths:
             raise UserError(f"predict_images: {source} has no PNG or JPEG files")
-    elif source.exists():
+    elif source.is_file():
         paths = [source]
+    elif source.exists():  # a FIFO or device would block or never end: only regular files are read
+        raise UserError(f"predict_images: {source} is not a regular file or a folder")
     else:
         raise UserError(f"predict_images: {source} does not exist")
 
@@ -62,13 +66,13 @@ def read_digits(source: Union[str, Path]) -> tuple[Tensor, list[str]]:
         try:
             image = _decode(path)
         except PIL.UnidentifiedImageError:
-            failures.append(f"{path}: cannot read image (not a PNG or JPEG file, or a corrupt one)")
+            failures.append(f"{_printable(path)}: cannot read image (not a PNG or JPEG file, or a corrupt one)")
             continue
         except Exception as error:  # corrupt files make PIL raise OSError, SyntaxError, ValueError, ...
-            failures.append(f"{path}: cannot read image ({error})")
+            failures.append(f"{_printable(path)}: cannot read image ({error})")
             continue
         digits.append(mnist_digit(image))
-        names.append(str(path))
+        names.append(_printable(path))
     if not digits and len(failures) == 1:
         raise UserError(failures[0])
     for failure in failures:
@@ -78,7 +82,18 @@ def read_digits(source: Union[str, Path]) -> tuple[Tensor, list[str]]:
     return torch.stack(digits), names
 
 
+def _printable(path: Path) -> str:
+    """The path as text that prints and writes to UTF-8 anywhere: bytes of a file name that are not UTF-8 (Python
+    keeps them as lone surrogates, which fail to encode) become U+FFFD."""
+    return str(path).encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+
+
 def _decode(path: Path) -> PIL.Image.Image:
     with PIL.Image.open(path) as image:
+        # The header gives the size before any pixel is decoded: a small file can hold a huge image.
+        if image.width * image.height > MAX_PIXELS:
+            raise ValueError(
+                f"{image.width}×{image.height} pixels is more than the {MAX_PIXELS:,} read here; scale it down first"
+            )
         image.load()  # decode now, so that a corrupt file fails here
     return image

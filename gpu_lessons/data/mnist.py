@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import os
 import shutil
+import zlib
 from pathlib import Path
 from typing import Any, Literal, Optional, Union
 
@@ -16,7 +17,7 @@ from torchvision import datasets, transforms
 from gpu_lessons.checkpointing import write_atomically
 from gpu_lessons.data.images import read_digits
 from gpu_lessons.data.tensor_datamodule import Split, TensorDataModule
-from gpu_lessons.errors import DatasetMissingError, UserError
+from gpu_lessons.errors import DatasetError, DatasetMissingError, UserError
 
 Dataset = Literal["mnist", "fashion_mnist"]
 
@@ -114,8 +115,13 @@ class MNISTDataModule(TensorDataModule):
         for name in self._file_names():
             archive, target = self.raw_folder / f"{name}.gz", self.raw_folder / name
             if archive.is_file() and not target.is_file():
-                with gzip.open(archive, "rb") as packed:
-                    write_atomically(target, lambda file: shutil.copyfileobj(packed, file))
+                try:
+                    with gzip.open(archive, "rb") as packed:
+                        write_atomically(target, lambda file: shutil.copyfileobj(packed, file))
+                except (OSError, EOFError, zlib.error) as error:  # gzip.BadGzipFile is an OSError
+                    raise DatasetError(
+                        f"{archive} is damaged ({type(error).__name__}: {error}); delete it and download or copy it again"
+                    ) from None
 
     def _files_present(self) -> bool:
         return all((self.raw_folder / name).is_file() for name in self._file_names())
@@ -142,7 +148,27 @@ class MNISTDataModule(TensorDataModule):
             self._unpack_archives()
             if not self._files_present():
                 raise self._missing_error("setup never downloads (prepare_data does)")
-        return self.dataset_class(self.data_dir, train=train, transform=transform, download=False)
+        name = self.dataset_class.__name__
+        try:
+            dataset = self.dataset_class(self.data_dir, train=train, transform=transform, download=False)
+        except Exception as error:  # torchvision's IDX reader fails with asserts, RuntimeErrors, ValueErrors, ...
+            raise self._damaged_error(train, f"{type(error).__name__}: {error}".strip(": ")) from None
+        images, labels = dataset.data, dataset.targets
+        if images.ndim != 3 or tuple(images.shape[1:]) != (28, 28):
+            raise self._damaged_error(train, f"its images are {list(images.shape[1:])}, not 28×28")
+        if len(images) != len(labels):
+            raise self._damaged_error(train, f"{len(images)} images but {len(labels)} labels")
+        if len(labels) and not (0 <= int(labels.min()) and int(labels.max()) <= 9):
+            raise self._damaged_error(train, f"labels outside 0..9 ({int(labels.min())}..{int(labels.max())})")
+        return dataset
+
+    def _damaged_error(self, train: bool, reason: str) -> DatasetError:
+        prefix = "train" if train else "t10k"
+        names = [n for n in self._file_names() if n.startswith(prefix)]
+        return DatasetError(
+            f"{self.dataset_class.__name__} in {self.raw_folder.resolve()} is damaged: {' / '.join(names)} cannot be "
+            f"read ({reason}). Delete those files (and their .gz archives) and download or copy them again."
+        )
 
     def _split_indices(self, num_train_images: int) -> tuple[Tensor, Tensor]:
         """Seeded (train, val) indices into the official training images."""

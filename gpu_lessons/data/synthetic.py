@@ -81,6 +81,7 @@ class CurveDataModule(TensorDataModule):
         super().__init__(**kwargs)
         if num_points < 2 or not x_min < x_max:
             raise ValueError(f"need num_points >= 2 and x_min < x_max, got {num_points}, {x_min}, {x_max}")
+        self.check_size(2 * num_points, "num_points")
         if predict_x == []:
             raise ValueError("predict_x needs at least one value")
         self.save_hyperparameters()
@@ -125,6 +126,7 @@ class BlobsDataModule(TensorDataModule):
         super().__init__(**kwargs)
         if samples_per_class < 1 or eval_samples_per_class < 1:
             raise ValueError("samples_per_class and eval_samples_per_class must be >= 1")
+        self.check_size(2 * (samples_per_class + 2 * eval_samples_per_class) * 3, "samples_per_class and eval_samples_per_class")
         if not predict_points or any(len(point) != 2 for point in predict_points):
             raise ValueError(f"predict_points must be [x, y] pairs, got {predict_points}")
         self.save_hyperparameters()
@@ -176,6 +178,7 @@ class RandomFeaturesDataModule(TensorDataModule):
             raise ValueError(f"labels must be 'pattern' or 'noise', got {labels!r}")
         if min(num_features, num_train, num_val, num_test) < 1:
             raise ValueError("num_features, num_train, num_val and num_test must be >= 1")
+        self.check_size((num_train + num_val + num_test) * (num_features + 1), "num_train, num_val, num_test × num_features")
         self.save_hyperparameters()
 
     def _draw(self, seed: int, count: int) -> Split:

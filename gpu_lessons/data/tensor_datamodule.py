@@ -12,6 +12,9 @@ from gpu_lessons.data.batches import EpochPermutation, TensorBatches
 
 Split = tuple[Tensor, ...]
 
+# The course's synthetic lessons use a few hundred numbers; 100 million (400 MB of float32) is far past any of them.
+MAX_VALUES = 100_000_000
+
 
 class TensorDataModule(LightningDataModule):
     """A DataModule whose splits are tensors, placed once on the training device and served as :class:`TensorBatches`.
@@ -42,6 +45,16 @@ class TensorDataModule(LightningDataModule):
         self.seed = seed
         self.on_device = on_device
         self.splits: dict[str, Split] = {}
+
+    @staticmethod
+    def check_size(values: int, what: str) -> None:
+        """Refuse synthetic data of more than :data:`MAX_VALUES` numbers up front (``num_train 1e11`` would otherwise
+        fail deep inside torch's allocator)."""
+        if values > MAX_VALUES:
+            raise ValueError(
+                f"{what} make {values:,} numbers ({values * 4 / 2**30:,.1f} GiB), more than the {MAX_VALUES:,} that "
+                "synthetic data may hold here"
+            )
 
     def build_splits(self) -> dict[str, Split]:
         """Create the splits as CPU tensors. Must be deterministic given the constructor's arguments."""

@@ -129,6 +129,8 @@ class Lesson(LightningModule):
             self.val_metric_best = MaxMetric()
         else:
             raise ValueError(f"unknown task {task!r}: expected 'regression', 'binary' or 'multiclass'")
+        if monitor not in self.metric_names:
+            raise ValueError(f"monitor {monitor!r} is not a metric this lesson logs; choose one of {', '.join(self.metric_names)}")
         # One metric object per stage so their states never mix. The training ones update every step, so they skip
         # the accuracy's input checks and the mean's NaN scan: both read values back from a GPU (a host sync per
         # step). A NaN loss is the NaN guard's job, and it then shows in the epoch's mean instead of being dropped.
@@ -173,6 +175,12 @@ class Lesson(LightningModule):
             lines = [line.strip() for line in str(error).splitlines() if line.strip()]
             reason = "; ".join(lines[1:3]) or lines[0]  # the first line only says "Error(s) in loading state_dict"
             raise CheckpointError(f"{checkpoint_path} does not hold a {lesson_class.__name__}'s weights ({reason})") from None
+
+    @property
+    def metric_names(self) -> tuple[str, ...]:
+        """What this lesson logs, and so what ``checkpoint.monitor`` or ReduceLROnPlateau's ``monitor`` can watch."""
+        name = self.metric_name
+        return ("train/loss", f"train/{name}", "val/loss", f"val/{name}", f"val/{name}_best")
 
     def _check_optimizer_arguments(self) -> None:
         """Build the optimizer once on a dummy parameter, so a bad lr fails now, before data and trainer exist."""
@@ -285,10 +293,13 @@ class Lesson(LightningModule):
         states = checkpoint.get("rng_states")
         if states is None or self._trainer is None or self._trainer.state.fn != "fit":
             return  # plain loading (load_from_checkpoint, test, predict) leaves the global RNG alone
-        torch.set_rng_state(states["torch"])
-        if states["cuda"] is not None and torch.cuda.is_available():
-            torch.cuda.set_rng_state(states["cuda"])
-        random.setstate(states["python"])
+        try:
+            torch.set_rng_state(states["torch"])
+            if states["cuda"] is not None and torch.cuda.is_available():
+                torch.cuda.set_rng_state(states["cuda"])
+            random.setstate(states["python"])
+        except (KeyError, TypeError, ValueError, RuntimeError) as error:
+            raise CheckpointError(f"the checkpoint's random-number states are damaged ({type(error).__name__}: {error})") from None
 
     def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
         """Accumulates the validation loss and metric."""
