@@ -109,7 +109,7 @@ class LessonCLI(LightningCLI):
     def _remove_folders_of_a_run_that_saved_nothing(self) -> None:
         """A run that fails before its first checkpoint leaves no empty version folders behind (a run that saved a
         checkpoint keeps its folders and logs: they show how far it got)."""
-        if any(folder.is_dir() and any(folder.glob("*.ckpt")) for folder in self._new_folders):
+        if any(folder.is_dir() and any(folder.rglob("*.ckpt")) for folder in self._new_folders):
             return
         for folder in self._new_folders:
             shutil.rmtree(folder, ignore_errors=True)
