@@ -1,6 +1,6 @@
 """``python -m gpu_lessons ...`` runs the lessons' CLI."""
 
-from gpu_lessons.cli import cli_main
+from gpu_lessons.cli import main
 
 if __name__ == "__main__":
-    cli_main()
+    raise SystemExit(main())

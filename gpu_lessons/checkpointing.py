@@ -270,6 +270,14 @@ class LessonCheckpoint(ModelCheckpoint):
         if not self._should_save_on_train_epoch_end(trainer):
             self._save_last_unless_saved(trainer)
 
+    def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        """Write ``last.ckpt`` once more as training ends, with the same weights and step: callbacks that record an
+        epoch when it is over (the pictures' learning curves, in their ``on_train_end``, which runs before this one:
+        Lightning puts checkpoint callbacks last) then find the final epoch in it too."""
+        super().on_train_end(trainer, pl_module)
+        if self.save_last and self.last_model_path and not trainer.interrupted and not trainer.fast_dev_run:
+            trainer.save_checkpoint(self.last_model_path, self.save_weights_only)
+
     def _save_last_unless_saved(self, trainer: Trainer) -> None:
         # _should_skip_saving_checkpoint is also true when this step was already saved (by the top-k save).
         if self.save_last and not self._should_skip_saving_checkpoint(trainer):

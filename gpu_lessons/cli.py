@@ -17,10 +17,12 @@ from __future__ import annotations
 import difflib
 import errno
 import inspect
+import logging
 import os
 import re
 import shutil
 import sys
+import warnings
 from pathlib import Path
 from typing import Any, Optional
 
@@ -46,6 +48,11 @@ from gpu_lessons.models.base import Lesson
 from gpu_lessons.pictures import LessonPictures
 from gpu_lessons.predictions import PredictionPrinter
 
+_DESCRIPTION = (
+    "gpu_lessons: a beginner's GPU/PyTorch course as PyTorch Lightning lessons. Train one with "
+    "`gpu-lessons fit --config configs/cnn.yaml`, then test or predict with `--ckpt_path last`. "
+    "`gpu-lessons fit --help` lists every option."
+)
 _GPU_ACCELERATORS = ("gpu", "cuda")
 # OSErrors that describe the machine (disk, permissions, paths), not a bug: reported as one line, exit 1
 _MACHINE_ERRNOS = {
@@ -62,6 +69,8 @@ class NonOverwritingSaveConfigCallback(SaveConfigCallback):
     """Saves the run's config beside its logs; if a ``config.yaml`` is already there, writes ``config-N.yaml``."""
 
     def setup(self, trainer: Trainer, pl_module: Any, stage: str) -> None:
+        if stage == "predict":  # predictions are printed, not logged: no log folder, no config to keep
+            return
         log_dir = trainer.log_dir
         if log_dir is not None:
             stem, n = "config", 0
@@ -98,7 +107,7 @@ class LessonCLI(LightningCLI):
         kwargs.setdefault("save_config_callback", NonOverwritingSaveConfigCallback)
         kwargs.setdefault("seed_everything_default", 42)
         # parse errors come back as exceptions, for cli_main to report in one line instead of the usage block
-        kwargs.setdefault("parser_kwargs", {"exit_on_error": False})
+        kwargs.setdefault("parser_kwargs", {"exit_on_error": False, "prog": "gpu-lessons", "description": _DESCRIPTION})
         self._new_folders: list[Path] = []  # the run's folders that did not exist before it
         try:
             super().__init__(Lesson, LightningDataModule, *args, subclass_mode_model=True, subclass_mode_data=True, **kwargs)
@@ -163,6 +172,8 @@ class LessonCLI(LightningCLI):
         logger = config.trainer.logger
         if isinstance(logger, Namespace) and logger.init_args.get("name") == _LOGGER_DEFAULT_NAME:
             logger.init_args.name = config.run_name
+        if self.subcommand == "predict" and _is_default_logger(logger):
+            config.trainer.logger = False  # predictions are printed (and --output written): nothing to log
         if self.subcommand == "fit":
             self._place_fit_checkpoints(config)
         elif config.checkpoint.dirpath is None:
@@ -258,9 +269,23 @@ class LessonCLI(LightningCLI):
             sys.stderr.write(f"gpu_lessons: the checkpoint's model settings replace the config's: {', '.join(changed)}\n")
 
     def after_fit(self) -> None:
-        """Say where this run's checkpoints are: the paths to give ``test``/``predict``/a resume."""
-        checkpoint = self.trainer.checkpoint_callback
-        if checkpoint is None or not self.trainer.is_global_zero:
+        """A short summary: the last epoch's metrics, the best validation metric, and where this run's checkpoints
+        and pictures are (the paths to give ``test``/``predict``/a resume)."""
+        trainer = self.trainer
+        if not trainer.is_global_zero:
+            return
+        metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith(("train/", "val/"))}
+        best = {k: v for k, v in metrics.items() if k.endswith("_best")}
+        shown = ", ".join(f"{k} {v:.4g}" for k, v in sorted(metrics.items()) if k not in best)
+        if shown:
+            print(f"after {trainer.current_epoch} epochs: {shown}")
+        for key, value in best.items():
+            print(f"best {key.removesuffix('_best')} of the run: {value:.4g}")
+        checkpoint = trainer.checkpoint_callback
+        pictures = next((c for c in trainer.callbacks if isinstance(c, LessonPictures)), None)
+        if pictures is not None and pictures.folder is not None and pictures.folder.is_dir():
+            print(f"pictures: {_shown(str(pictures.folder))}/")
+        if checkpoint is None:
             return
         if checkpoint.last_model_path:
             print(f"last checkpoint (the latest epoch): {_shown(checkpoint.last_model_path)}")
@@ -374,6 +399,14 @@ def _say_how_the_data_differs(checkpoint: dict[str, Any], config: Namespace, ckp
         sys.stderr.write(f"gpu_lessons: the data differs from what {ckpt_path} was trained on: {', '.join(changes)}\n")
 
 
+def _is_default_logger(logger: Any) -> bool:
+    return (
+        isinstance(logger, Namespace)
+        and str(logger.get("class_path", "")).endswith("TensorBoardLogger")
+        and logger.init_args.get("save_dir") == "lightning_logs"
+    )
+
+
 def _check_config_files(args: Any) -> None:
     """A ``--config`` file that is not UTF-8 text (a binary file given by mistake) is named in one line; jsonargparse
     would fail on it with a UnicodeDecodeError traceback."""
@@ -459,6 +492,28 @@ def _shown(path: str) -> str:
     return path if relative.startswith("..") else relative
 
 
+class _LightningAdvertising(logging.Filter):
+    """Drops Lightning's tips about its cloud products (litlogger, litmodels) and the model summary's "0 Total
+    Flops" line (FLOPs are only counted with a meta-device trace, which these runs never do); real messages pass."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if message.startswith("💡 Tip"):
+            return False
+        if "Total Flops" in message:
+            record.msg, record.args = re.sub(r"\n\s*0\s+Total Flops", "", message), ()
+        return True
+
+
+def _quiet_lightning() -> None:
+    for name in ("lightning.pytorch.utilities.rank_zero", "lightning.pytorch.callbacks.model_summary"):
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _LightningAdvertising) for f in logger.filters):
+            logger.addFilter(_LightningAdvertising())
+    # Lightning 2.6's own call into torch's pytree API; nothing a user of these lessons can act on.
+    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)` is deprecated")
+
+
 def _checked_run_name(name: str) -> str:
     if not _RUN_NAME.fullmatch(name) or name in (".", ".."):
         raise UserError(
@@ -517,8 +572,15 @@ def _default_run_name(config: Namespace) -> str:
     return class_path.rsplit(".", 1)[-1].removesuffix("Lesson").lower() or "lesson"
 
 
+def main() -> int:
+    """The ``gpu-lessons`` console script and ``python -m gpu_lessons``: exit status 0 after a successful run."""
+    cli_main()
+    return 0
+
+
 def cli_main(args: Optional[list[str]] = None) -> Optional[LessonCLI]:
     """Run the CLI (``args`` instead of ``sys.argv`` lets tests drive it in-process)."""
+    _quiet_lightning()
     try:
         return LessonCLI(args=args)
     except UserError as error:
@@ -546,4 +608,4 @@ def cli_main(args: Optional[list[str]] = None) -> Optional[LessonCLI]:
 
 
 if __name__ == "__main__":
-    cli_main()
+    raise SystemExit(main())

@@ -17,7 +17,8 @@ import torch
 from torch import nn
 
 from gpu_lessons import models
-from gpu_lessons.checkpointing import PathLike, write_atomically
+from gpu_lessons.checkpointing import PathLike, load_checkpoint, write_atomically
+from gpu_lessons.data.mnist import DATASETS
 from gpu_lessons.errors import UserError, print_error
 from gpu_lessons.models import Lesson
 
@@ -43,8 +44,9 @@ def save_plain_weights(net: nn.Module, output_path: PathLike, *, overwrite: bool
     An existing file is only replaced with ``overwrite=True``; a reader never sees a half-written one.
     """
     output = Path(output_path)
+    exists = FileExistsError(f"{output} already exists; pass --overwrite (overwrite=True) to replace it")
     if output.exists() and not overwrite:
-        raise FileExistsError(f"{output} already exists; pass --overwrite (overwrite=True) to replace it")
+        raise exists  # before any work; write_atomically also refuses one that appears meanwhile
     state_dict = net.state_dict()
     if output.suffix == ".safetensors":
         try:
@@ -53,9 +55,13 @@ def save_plain_weights(net: nn.Module, output_path: PathLike, *, overwrite: bool
             message = f"writing {output.name} needs the safetensors package: pip install safetensors"
             raise ImportError(message) from None
         data = to_safetensors(state_dict)
-        write_atomically(output, lambda file: file.write(data))
+        write = lambda file: file.write(data)  # noqa: E731
     else:
-        write_atomically(output, lambda file: torch.save(state_dict, file))
+        write = lambda file: torch.save(state_dict, file)  # noqa: E731
+    try:
+        write_atomically(output, write, overwrite=overwrite)
+    except FileExistsError:
+        raise exists from None
     return output
 
 
@@ -70,8 +76,9 @@ def export_plain_weights(
     return save_plain_weights(load_lesson(checkpoint_path, lesson_class).net, output_path, overwrite=overwrite)
 
 
-def loading_hint(lesson: Lesson, output_path: PathLike) -> str:
-    """Three lines of Python that load ``output_path`` into the plain network and say what it returns."""
+def loading_hint(lesson: Lesson, output_path: PathLike, dataset: Optional[str] = None) -> str:
+    """Lines of Python that load ``output_path`` into the plain network, say what it returns and, for the image
+    lessons (``dataset`` is ``mnist`` or ``fashion_mnist``), how to prepare its input."""
     net_class = type(lesson.net)
     # The networks' constructor arguments (activation, dropout) are the lessons' hyperparameters of the same name.
     names = [name for name in inspect.signature(net_class).parameters if name in lesson.hparams]
@@ -87,13 +94,24 @@ def loading_hint(lesson: Lesson, output_path: PathLike) -> str:
         "multiclass": "logits: class probabilities = net(x).softmax(dim=-1)",
         "regression": "the prediction itself",
     }[lesson.task]
-    return "\n".join(
-        [
-            f"import torch; from {module} import {net_class.__name__}",
-            f"net = {net_class.__name__}({arguments}).eval(); {load}",
-            f"# net(x) returns {returns}",
+    lines = [
+        f"import torch; from {module} import {net_class.__name__}",
+        f"net = {net_class.__name__}({arguments}).eval(); {load}",
+    ]
+    if dataset is not None:  # the networks saw normalised pixels in training, and need them now
+        _, mean, std = DATASETS[dataset]
+        lines += [
+            f"from gpu_lessons.data import preprocess; x = preprocess(images_uint8, {dataset!r})"
+            f"  # = (pixels / 255 - {mean}) / {std}, shape [N, 1, 28, 28]",
         ]
-    )
+    return "\n".join([*lines, f"# net(x) returns {returns}"])
+
+
+def _trained_on(checkpoint_path: PathLike) -> Optional[str]:
+    """The image dataset (``mnist``, ``fashion_mnist``) the checkpoint's DataModule served, if it was one of them."""
+    data = load_checkpoint(checkpoint_path).get("datamodule_hyper_parameters") or {}
+    dataset = data.get("dataset") if isinstance(data, dict) else None
+    return dataset if dataset in DATASETS else None
 
 
 def _one_line(error: BaseException) -> str:
@@ -122,7 +140,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     net_name = type(lesson.net).__name__
     print(f"wrote {output}: the state_dict of {net_name} ({parameters:,} parameters) from {args.ckpt_path}")
     print("to load it into the plain network:")
-    print(loading_hint(lesson, output))
+    print(loading_hint(lesson, output, _trained_on(args.ckpt_path)))
     return 0
 
 

@@ -163,8 +163,11 @@ def learning_curves_figure(runs: Mapping[str, History]) -> Figure:
     return figure
 
 
-def confusion_matrix_figure(preds: Tensor, targets: Tensor, num_classes: int) -> Figure:
-    """The confusion matrix of predicted class indices against the true ones, with the counts written in."""
+def confusion_matrix_figure(
+    preds: Tensor, targets: Tensor, num_classes: int, class_names: Optional[Sequence[str]] = None
+) -> Figure:
+    """The confusion matrix of predicted class indices against the true ones, with the counts written in; the axes
+    name the classes when ``class_names`` is given (Fashion-MNIST's "Ankle boot"), else number them."""
     matrix = MulticlassConfusionMatrix(num_classes=num_classes)(preds.detach().cpu(), targets.detach().cpu()).numpy()
     total, correct = int(matrix.sum()), int(matrix.trace())
 
@@ -181,11 +184,17 @@ def confusion_matrix_figure(preds: Tensor, targets: Tensor, num_classes: int) ->
         xticks=range(num_classes), yticks=range(num_classes), xlabel="predicted class", ylabel="true class",
         title=f"Confusion matrix: {correct} of {total} right ({correct / max(total, 1):.1%})",
     )
+    if class_names:
+        ax.set_xticklabels(class_names, rotation=45, ha="right", fontsize=8)
+        ax.set_yticklabels(class_names, fontsize=8)
     return figure
 
 
-def misclassified_figure(images: Tensor, targets: Tensor, preds: Tensor, max_images: int = 25) -> Figure:
-    """Up to ``max_images`` misclassified images on a square grid, each titled ``true→pred``.
+def misclassified_figure(
+    images: Tensor, targets: Tensor, preds: Tensor, max_images: int = 25, class_names: Optional[Sequence[str]] = None
+) -> Figure:
+    """Up to ``max_images`` misclassified images on a square grid, each titled ``true→pred`` (by class name when
+    ``class_names`` is given, e.g. ``Shirt→T-shirt/top``).
 
     ``images`` are ``[N, H, W]`` or ``[N, C, H, W]``, raw or normalised: each is rescaled to its own range for
     display, which undoes any per-dataset normalisation.
@@ -202,7 +211,9 @@ def misclassified_figure(images: Tensor, targets: Tensor, preds: Tensor, max_ima
             image = image.transpose(1, 2, 0).squeeze(-1)
         image = (image - image.min()) / max(image.max() - image.min(), 1e-12)
         ax.imshow(image, cmap="gray", vmin=0, vmax=1)
-        ax.set_title(f"{int(targets[index])}→{int(preds[index])}", fontsize=10)
+        true, pred = int(targets[index]), int(preds[index])
+        title = f"{class_names[true]}→{class_names[pred]}" if class_names else f"{true}→{pred}"
+        ax.set_title(title, fontsize=10 if not class_names else 7)
     shown = f", the first {max_images} shown" if len(wrong) > max_images else ""
     figure.suptitle(f"Misclassified: {len(wrong)} of {len(targets)} test images\ntitled true→predicted{shown}")
     return figure
@@ -248,6 +259,11 @@ class LessonPictures(Callback):
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         # ``trainer.log_dir`` is a collective call under DDP, so every rank asks here rather than rank zero later.
         self._log_dir = trainer.log_dir if trainer.loggers else None
+
+    @property
+    def folder(self) -> Optional[Path]:
+        """Where the PNG files go: ``<log_dir>/pictures`` (``None`` without a logger)."""
+        return None if self._log_dir is None else Path(self._log_dir) / "pictures"
 
     def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if trainer.state.fn == TrainerFn.FITTING and not trainer.sanity_checking and trainer.is_global_zero:
@@ -310,8 +326,11 @@ class LessonPictures(Callback):
             ]
         )
         preds = probabilities.argmax(dim=-1)
-        yield "confusion_matrix", confusion_matrix_figure(preds, targets, num_classes=probabilities.shape[-1])
-        yield "misclassified", misclassified_figure(images, targets, preds, self.max_misclassified)
+        # Names only where they say more than the number (Fashion-MNIST's "Sneaker", not MNIST's "digit 7").
+        names = getattr(datamodule, "class_names", None)
+        names = names if names and not all(name.startswith("digit ") for name in names) else None
+        yield "confusion_matrix", confusion_matrix_figure(preds, targets, probabilities.shape[-1], names)
+        yield "misclassified", misclassified_figure(images, targets, preds, self.max_misclassified, names)
 
     def _publish(
         self,
@@ -321,13 +340,13 @@ class LessonPictures(Callback):
     ) -> None:
         if not self.enabled or self._log_dir is None or not trainer.is_global_zero:
             return
-        folder = Path(self._log_dir) / "pictures"
+        folder = self.folder
         try:
             with _evaluating(pl_module):
                 for name, figure in draw(trainer, pl_module):
                     rgb = render(figure)  # once, for both the PNG and TensorBoard: rendering is the slow part
                     folder.mkdir(parents=True, exist_ok=True)
-                    PIL.Image.fromarray(rgb).save(folder / f"{name}.png")
+                    write_atomically(folder / f"{name}.png", lambda file: PIL.Image.fromarray(rgb).save(file, "PNG"))
                     for logger in trainer.loggers:
                         if isinstance(logger, TensorBoardLogger):
                             logger.experiment.add_image(f"pictures/{name}", rgb, trainer.global_step, dataformats="HWC")

@@ -17,7 +17,7 @@ from gpu_lessons.data.images import mnist_digit
 from .helpers import run
 
 REGRESSION_LINE = re.compile(r"^x = (\S+) → ŷ = (\S+)$", re.MULTILINE)
-CLASS_LINE = re.compile(r"^(.+) → (?:class|digit) (\d+) \((?:confidence|probability) ([\d.]+)%\)$", re.MULTILINE)
+CLASS_LINE = re.compile(r"^(.+) → (?:class|digit) (\d+) \(probability ([\d.]+)%\)$", re.MULTILINE)
 
 
 def _fit(folder: Path, config: str, *extra: str) -> Path:
@@ -96,7 +96,7 @@ def test_output_never_overwrites_a_file(
     assert "error: --output is for predict" in capsys.readouterr().err
 
 
-def test_classifier_predicts_the_course_points_with_confidence(
+def test_classifier_predicts_the_course_points_with_the_probability_of_the_class(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
 ) -> None:
     monkeypatch.chdir(tmp_path)
@@ -122,7 +122,7 @@ def test_random_features_print_the_first_test_samples_and_write_all(
     with open("all.csv", newline="") as file:
         rows = list(csv.DictReader(file))
     assert len(rows) == 100  # the test split
-    assert list(rows[0]) == ["x1", "x2", "x3", "x4", "class", "confidence"]
+    assert list(rows[0]) == ["x1", "x2", "x3", "x4", "class", "probability"]
 
 
 def test_mnist_predicts_picture_files_of_any_size_and_reports_bad_ones(

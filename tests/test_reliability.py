@@ -242,6 +242,7 @@ def _damaged_checkpoints(workdir: Path) -> None:
         "bad_loops": lambda c: c.update(loops=5),
         "weights_only": lambda c: [c.pop(k) for k in ("optimizer_states", "lr_schedulers", "loops")],
         "bad_history": lambda c: c["callbacks"].update(LessonPictures={"history": [{"epoch": "one"}]}),
+        "garbled": lambda c: c["hyper_parameters"].update(activation=7),
     }
     for name, change in damage.items():
         checkpoint = load_checkpoint(workdir / "checkpoints/regression/version_0/last.ckpt")
@@ -274,6 +275,8 @@ BAD_INPUTS = {
     "unwritable checkpoints folder": (["fit", "classifier", "--checkpoint.dirpath", "notes.txt/ckpts"], "notes.txt is a file, not a folder"),
     "strict GPU on a CPU machine": (["fit", "classifier", "--strict_accelerator", "true"], "accelerator 'gpu' was requested"),
     "unknown subcommand": (["train", "classifier"], "train"),
+    "misspelt option": (["fit", "regression", "--model.init_args.activaton", "relu"], "model.init_args.activaton: RegressionLesson has no argument 'activaton'; did you mean 'activation'?"),
+    "checkpoint with garbled hyperparameters": (["test", "regression", "--ckpt_path", "garbled.ckpt"], "hyperparameter 'activation' is 7"),
     "devices 0 (falling back to the CPU)": (["fit", "classifier", "--trainer.devices", "0"], "trainer.devices '0' is not a device count"),
     "devices 0 on the CPU": (["fit", "classifier", "--trainer.accelerator", "cpu", "--trainer.devices", "0"], "invalid configuration: `Trainer(devices='0')`"),
     "max_epochs -5": (["fit", "classifier", "--trainer.max_epochs", "-5"], "`max_epochs` must be a non-negative integer or -1"),
@@ -325,6 +328,8 @@ def test_bad_input_is_one_clear_error_and_changes_nothing(case: str, trained_wor
     assert "Traceback" not in err
     errors = [line for line in err.splitlines() if "error:" in line]
     assert len(errors) == 1 and expected in errors[0], err
+    # the whole of stderr is short: at most the seed and CPU-fallback lines beside the error, never a usage block
+    assert len(err.splitlines()) <= 3 and len(err) < 1200, err
     assert _snapshot(trained_workdir) == before
 
 

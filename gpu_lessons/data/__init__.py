@@ -1,7 +1,7 @@
 """LightningDataModules for the course's synthetic datasets and for (Fashion-)MNIST."""
 
 from gpu_lessons.data.batches import EpochPermutation, TensorBatches
-from gpu_lessons.data.mnist import DatasetError, DatasetMissingError, MNISTDataModule
+from gpu_lessons.data.mnist import DatasetError, DatasetMissingError, MNISTDataModule, preprocess
 from gpu_lessons.data.synthetic import BlobsDataModule, CurveDataModule, LineDataModule, RandomFeaturesDataModule
 from gpu_lessons.data.tensor_datamodule import TensorDataModule
 
@@ -16,4 +16,5 @@ __all__ = [
     "RandomFeaturesDataModule",
     "TensorBatches",
     "TensorDataModule",
+    "preprocess",
 ]

@@ -22,10 +22,28 @@ from gpu_lessons.errors import DatasetError, DatasetMissingError, UserError
 Dataset = Literal["mnist", "fashion_mnist"]
 
 # torchvision class and the (mean, std) of its training pixels in [0, 1].
-_DATASETS: dict[str, tuple[type[datasets.MNIST], float, float]] = {
+DATASETS: dict[str, tuple[type[datasets.MNIST], float, float]] = {
     "mnist": (datasets.MNIST, 0.1307, 0.3081),
     "fashion_mnist": (datasets.FashionMNIST, 0.2860, 0.3530),
 }
+
+
+def preprocess(images: Tensor, dataset: Dataset = "mnist") -> Tensor:
+    """Images as the MNIST lessons' networks take them: ``[N, 1, 28, 28]`` floats, ``(pixel / 255 - mean) / std``
+    with the dataset's training mean and std (MNIST 0.1307, 0.3081; Fashion-MNIST 0.2860, 0.3530).
+
+    ``images`` are uint8 ``[N, 28, 28]`` (or ``[N, 1, 28, 28]``) as stored, or floats already in [0, 1]. The plain
+    weights of ``python -m gpu_lessons.export`` expect exactly this: raw [0, 1] pixels cost the MLP 5 points of
+    accuracy.
+    """
+    if dataset not in DATASETS:
+        raise ValueError(f"dataset must be one of {sorted(DATASETS)}, got {dataset!r}")
+    _, mean, std = DATASETS[dataset]
+    if images.ndim == 3:
+        images = images.unsqueeze(1)
+    if images.dtype == torch.uint8:
+        images = images.float().div_(255.0)
+    return (images - mean) / std
 
 
 class MNISTDataModule(TensorDataModule):
@@ -66,8 +84,8 @@ class MNISTDataModule(TensorDataModule):
         predict_images: Optional[Union[str, Path]] = None,
     ) -> None:
         super().__init__(batch_size=batch_size, eval_batch_size=eval_batch_size, seed=seed, on_device=on_device)
-        if dataset not in _DATASETS:
-            raise ValueError(f"dataset must be one of {sorted(_DATASETS)}, got {dataset!r}")
+        if dataset not in DATASETS:
+            raise ValueError(f"dataset must be one of {sorted(DATASETS)}, got {dataset!r}")
         if loader not in ("tensor", "torchvision"):
             raise ValueError(f"loader must be 'tensor' or 'torchvision', got {loader!r}")
         if val_size < 0:
@@ -78,7 +96,7 @@ class MNISTDataModule(TensorDataModule):
         self.hparams.data_dir = str(data_dir)  # plain data, so checkpoints stay loadable with weights_only=True
         self.hparams.predict_images = None if predict_images is None else str(predict_images)  # likewise
         self.data_dir = Path(data_dir)
-        self.dataset_class, self.mean, self.std = _DATASETS[dataset]
+        self.dataset_class, self.mean, self.std = DATASETS[dataset]
         # How predictions name the classes: "digit 7", "Ankle boot".
         self.class_names = [f"digit {i}" for i in range(10)] if dataset == "mnist" else list(self.dataset_class.classes)
         self._torchvision_splits: dict[str, Any] = {}
@@ -244,6 +262,7 @@ class MNISTDataModule(TensorDataModule):
         """Turn a batch of images into normalised ``[B, 1, 28, 28]`` floats, on the device they already sit on."""
         images, *rest = batch if isinstance(batch, (tuple, list)) else (batch,)
         if images.dtype == torch.uint8:
-            images = images.unsqueeze(1).float().div_(255.0)
-        images = (images - self.mean) / self.std
+            images = preprocess(images, self.hparams.dataset)
+        else:  # the torchvision loader's ToTensor already gives [N, 1, 28, 28] in [0, 1]
+            images = (images - self.mean) / self.std
         return (images, *rest) if rest else images

@@ -332,7 +332,7 @@ class Lesson(LightningModule):
         class_names: Optional[Sequence[str]] = None,
     ) -> list[PredictionRow]:
         """Readable rows for a batch of :meth:`predict_step` results, e.g. ``x = 6 → ŷ = 13.00`` or
-        ``point [2.0, 2.0] → class 0 (confidence 100.00%)``.
+        ``point [2.0, 2.0] → class 0 (probability 100.00%)``.
 
         A sample is shown by its values when it is a short feature vector, otherwise by its entry in ``names``
         (an image's file, ``sample 17``). A class is shown by its entry in ``class_names`` (``digit 7``) when
@@ -347,9 +347,11 @@ class Lesson(LightningModule):
             ]
         if self.task == "binary":
             classes = (predictions > 0.5).long()
-            confidences, word = torch.where(classes == 1, predictions, 1 - predictions), "confidence"
+            confidences = torch.where(classes == 1, predictions, 1 - predictions)
         else:
-            (confidences, classes), word = predictions.max(dim=-1), "probability"
+            confidences, classes = predictions.max(dim=-1)
+        # One word for both: the network's probability of the class it predicts.
+        word = "probability"
         rows = []
         for (text, values), c, p in zip(shown, classes.tolist(), map(_short, confidences.tolist())):
             columns = {**values, "class": c}
