@@ -67,7 +67,8 @@ def imported_class(class_path: str) -> Optional[type]:
     of one class (``gpu_lessons.models.CNNLesson``, ``gpu_lessons.models.cnn.CNNLesson``) give the same class.
     """
     module, _, name = class_path.rpartition(".")
-    found = getattr(sys.modules.get(module), name, None)
+    # vars(), not getattr(): a package's __getattr__ may import a submodule for a name it does not have
+    found = vars(sys.modules[module]).get(name) if module in sys.modules else None
     return found if isinstance(found, type) else None
 
 
@@ -163,6 +164,9 @@ def check_resumable(checkpoint: dict[str, Any], model: torch.nn.Module, source: 
             f"{source} holds no {' or '.join(missing)} (a weights-only checkpoint, or a damaged one): fit cannot resume "
             "from it; test or predict with it, or load it in Python (load_from_checkpoint) to train on from its weights"
         )
+    schedulers = checkpoint.get("lr_schedulers", [])
+    if not isinstance(schedulers, list) or not all(isinstance(state, dict) for state in schedulers):
+        raise CheckpointError(f"{source} is damaged: its lr_schedulers state is not a list of scheduler states")
     factory = getattr(model, "optimizer_factory", None)
     states = checkpoint["optimizer_states"]
     if factory is None or not isinstance(states, list) or len(states) != 1:

@@ -241,6 +241,9 @@ class LessonCLI(LightningCLI):
         self.checkpoint = load_checkpoint(ckpt_path)
         configured = imported_class(config.model.class_path)  # the config's class is already imported by parsing
         trained_by, self.checkpoint_hparams = checked_hyperparameters(self.checkpoint, Lesson, ckpt_path)
+        if trained_by is Lesson and configured is not None and issubclass(configured, Lesson):
+            # saved from Python (no class recorded): its values are for the config's lesson, checked against it
+            _, self.checkpoint_hparams = checked_hyperparameters(self.checkpoint, configured, ckpt_path)
         if configured is not None and trained_by is not Lesson and trained_by is not configured:
             raise CheckpointError(
                 f"{ckpt_path} was trained by {self.checkpoint['hyper_parameters']['_class_path']}, but the config's "
@@ -393,7 +396,8 @@ def _say_how_the_data_differs(checkpoint: dict[str, Any], config: Namespace, ckp
     changes = [
         f"{key} {value!r} -> {now.get(key)!r}"
         for key, value in saved.items()
-        if not key.startswith("_") and key not in _DATA_LOCATION_KEYS and key in now and now.get(key) != value
+        if isinstance(key, str) and not key.startswith("_") and key not in _DATA_LOCATION_KEYS
+        and key in now and now.get(key) != value
     ]
     if changes:
         sys.stderr.write(f"gpu_lessons: the data differs from what {ckpt_path} was trained on: {', '.join(changes)}\n")
@@ -552,10 +556,17 @@ def _checkpoint_alias(alias: str, config: Namespace) -> Path:
         )
     if alias == "last":
         return newest
-    states = load_checkpoint(newest).get("callbacks", {})
-    recorded = next((s.get("best_model_path") for k, s in states.items() if k.startswith("ModelCheckpoint")), None)
+    states = load_checkpoint(newest).get("callbacks")
+    recorded = next(
+        (
+            state.get("best_model_path")
+            for key, state in (states.items() if isinstance(states, dict) else ())
+            if isinstance(key, str) and key.startswith("ModelCheckpoint") and isinstance(state, dict)
+        ),
+        None,
+    )
     # the folder may have moved since: look for the recorded file's name beside last.ckpt first
-    for best in (newest.parent / Path(recorded).name, Path(recorded)) if recorded else ():
+    for best in (newest.parent / Path(recorded).name, Path(recorded)) if isinstance(recorded, str) and recorded else ():
         if best.is_file():
             return best
     raise CheckpointError(

@@ -411,7 +411,8 @@ def compare_runs(checkpoints: Sequence[Union[str, Path]], output: Union[str, Pat
         raise UserError(f"{output} already exists; delete it or choose another --output")
     runs: dict[str, History] = {}
     for path in map(Path, checkpoints):
-        state = load_checkpoint(path).get("callbacks", {}).get(LessonPictures.__qualname__)
+        callbacks = load_checkpoint(path).get("callbacks")
+        state = callbacks.get(LessonPictures.__qualname__) if isinstance(callbacks, dict) else None
         history = checked_history(state.get("history") if isinstance(state, dict) else None, str(path))
         if not history:
             raise UserError(f"{path} holds no learning curves (it was not written by `python -m gpu_lessons fit`)")

@@ -62,7 +62,20 @@ ATTACKS: dict[str, Callable[[Path], dict[str, Any]]] = {
     "lesson class that is not a lesson": lambda m: {"_class_path": "torch.nn.Linear"},
     "instantiator from a module never imported": lambda m: {"_instantiator": f"{EVIL_MODULE}.instantiate"},
     "instantiator that runs a command": lambda m: {"_instantiator": "os.system"},
+    "an abstract lesson": lambda m: {"_class_path": "gpu_lessons.models.digits.DigitLesson"},
 }
+# Keys beside hyper_parameters that Lightning's loader also reads as constructor arguments (checkpoints of 0.7).
+_CLI_INSTANTIATOR = "lightning.pytorch.cli.instantiate_module"
+TOP_LEVEL_ATTACKS: dict[str, Callable[[Path], dict[str, Any]]] = {
+    "legacy hparams key calling os.system": lambda m: {
+        "hparams": {"_instantiator": _CLI_INSTANTIATOR, "optimizer": _os_system(m)}
+    },
+    "legacy module_arguments key importing a module": lambda m: {
+        "module_arguments": {"_instantiator": _CLI_INSTANTIATOR, "_class_path": f"{EVIL_MODULE}.EvilLesson"}
+    },
+    "hparams_name pointing into the arguments": lambda m: {"hparams_name": "activation", "hparams": _os_system(m)},
+}
+ATTACKS.update({name: (lambda attack: lambda m: {"": attack(m)})(attack) for name, attack in TOP_LEVEL_ATTACKS.items()})
 
 
 def _entry_points() -> dict[str, Callable[[Path], None]]:
@@ -89,10 +102,21 @@ def test_a_checkpoint_of_plain_data_never_chooses_code(
     attack: str, entry: str, trained: Path, marker: Path, tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:
     checkpoint = torch.load(trained, weights_only=True)
-    checkpoint["hyper_parameters"].update(ATTACKS[attack](marker))
+    change = ATTACKS[attack](marker)
+    checkpoint.update(change.pop("", {}))  # top-level keys
+    checkpoint["hyper_parameters"].update(change)
     evil = tmp_path / "evil.ckpt"
     torch.save(checkpoint, evil)
     capsys.readouterr()
+
+    if attack in TOP_LEVEL_ATTACKS:  # ignored, never refused: what loads is the lesson of the checked values
+        try:
+            ENTRY_POINTS[entry](evil)
+        except SystemExit as exit_info:
+            assert exit_info.code in (0, None)
+        assert not marker.exists(), "code from the checkpoint ran"
+        assert EVIL_MODULE not in sys.modules, "a module the checkpoint named was imported"
+        return
 
     with pytest.raises((SystemExit, CheckpointError)) as refused:
         ENTRY_POINTS[entry](evil)
@@ -101,10 +125,29 @@ def test_a_checkpoint_of_plain_data_never_chooses_code(
         assert refused.value.code == 2
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and err.startswith("error: ") and str(evil) in err, err
-    assert "refusing to load it" in (str(refused.value) if refused.type is CheckpointError else err)
+    said = str(refused.value) if refused.type is CheckpointError else err
+    if attack == "an abstract lesson":  # a real, imported Lesson subclass, but one without a network
+        refusals = ("cannot build a DigitLesson", "not a RegressionLesson", "was trained by gpu_lessons.models.digits")
+    else:
+        refusals = ("refusing to load it",)
+    assert any(refusal in said for refusal in refusals), said
     assert not marker.exists(), "code from the checkpoint ran"
     assert EVIL_MODULE not in sys.modules, "a module the checkpoint named was imported"
     assert not (tmp_path / "plain.pth").exists() and not (tmp_path / "lightning_logs").exists()
+
+
+def test_a_checkpoint_saved_from_python_is_checked_against_the_configured_lesson(
+    trained: Path, tmp_path: Path, monkeypatch, capsys
+) -> None:
+    """No class recorded: its values are the configured lesson's, so a lesson-specific one is used, not dropped."""
+    monkeypatch.chdir(tmp_path)
+    checkpoint = torch.load(trained, weights_only=True)
+    for key in ("_class_path", "_instantiator"):
+        checkpoint["hyper_parameters"].pop(key)
+    checkpoint["hyper_parameters"]["activation"] = "tanh"
+    torch.save(checkpoint, tmp_path / "from_python.ckpt")
+    run("predict", "regression", "--ckpt_path", "from_python.ckpt")
+    assert "activation 'relu' -> 'tanh'" in capsys.readouterr().err
 
 
 def test_hyperparameters_of_the_wrong_type_are_refused_by_name(trained: Path, tmp_path: Path, monkeypatch, capsys) -> None:

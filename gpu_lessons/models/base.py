@@ -9,6 +9,7 @@ import random
 from collections.abc import Sequence
 from typing import Any, Literal, NamedTuple, Optional
 
+import lightning
 import torch
 from lightning.pytorch import LightningModule
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
@@ -164,13 +165,24 @@ class Lesson(LightningModule):
                 f"{checkpoint_path} does not record its lesson class (it was saved from Python, not by the CLI): "
                 "load it with its lesson, e.g. CNNLesson.load_from_checkpoint(...) (the export: --lesson CNNLesson)"
             )
-        # Lightning builds the lesson from the checked copy (plain values only), never from the file's own entries.
+        # Lightning builds the lesson from a new file of the weights and the checked hyperparameters only: none of
+        # the file's other entries (the legacy "hparams" and "module_arguments" Lightning would also read as
+        # constructor arguments, "hparams_name", ...) reaches it.
         checked = io.BytesIO()
-        torch.save({**checkpoint, "hyper_parameters": hparams}, checked)
+        torch.save(
+            {
+                "state_dict": checkpoint["state_dict"],
+                "hyper_parameters": hparams,
+                "pytorch-lightning_version": str(checkpoint.get("pytorch-lightning_version", lightning.__version__)),
+            },
+            checked,
+        )
         checked.seek(0)
         loader = super(Lesson, lesson_class).load_from_checkpoint
         try:
             return loader(checked, map_location=map_location, weights_only=True, **kwargs)
+        except (TypeError, AttributeError, ValueError) as error:  # the class cannot be built from these values
+            raise CheckpointError(f"{checkpoint_path}: cannot build a {lesson_class.__name__} from it ({error})") from None
         except RuntimeError as error:  # from load_state_dict: these weights are another network's
             lines = [line.strip() for line in str(error).splitlines() if line.strip()]
             reason = "; ".join(lines[1:3]) or lines[0]  # the first line only says "Error(s) in loading state_dict"
