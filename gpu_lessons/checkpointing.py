@@ -275,12 +275,19 @@ class LessonCheckpoint(ModelCheckpoint):
             self._save_last_unless_saved(trainer)
 
     def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        """Write ``last.ckpt`` once more as training ends, with the same weights and step: callbacks that record an
-        epoch when it is over (the pictures' learning curves, in their ``on_train_end``, which runs before this one:
-        Lightning puts checkpoint callbacks last) then find the final epoch in it too."""
+        """Bring the callbacks' states in ``last.ckpt`` up to date as training ends, and nothing else in it (weights,
+        epoch and loop state stay as saved). A callback that records an epoch once it is over (the pictures' learning
+        curves, in their ``on_train_end``, which runs before this one: Lightning puts checkpoint callbacks last)
+        would otherwise be missing the final epoch there."""
         super().on_train_end(trainer, pl_module)
-        if self.save_last and self.last_model_path and not trainer.interrupted and not trainer.fast_dev_run:
-            trainer.save_checkpoint(self.last_model_path, self.save_weights_only)
+        if not self.save_last or not self.last_model_path or trainer.interrupted or trainer.fast_dev_run:
+            return
+        if trainer.is_global_zero and os.path.isfile(self.last_model_path):
+            checkpoint = load_checkpoint(self.last_model_path)
+            states = {callback.state_key: callback.state_dict() for callback in trainer.callbacks}
+            checkpoint.setdefault("callbacks", {}).update({key: state for key, state in states.items() if state})
+            trainer.strategy.checkpoint_io.save_checkpoint(checkpoint, self.last_model_path)
+        trainer.strategy.barrier("LessonCheckpoint.on_train_end")
 
     def _save_last_unless_saved(self, trainer: Trainer) -> None:
         # _should_skip_saving_checkpoint is also true when this step was already saved (by the top-k save).

@@ -128,8 +128,9 @@ class LessonCLI(LightningCLI):
             "--run_name",
             type=Optional[str],
             default=None,
-            help="Names the run's folders: checkpoints/<run_name>/ and lightning_logs/<run_name>/. "
-            "Default: the first config file's name (cnn for configs/cnn.yaml).",
+            help="Names the run's folders: each fit writes checkpoints/<run_name>/version_N/ and "
+            "lightning_logs/<run_name>/version_N/ (the next N). Default: the first config file's name (cnn for "
+            "configs/cnn.yaml).",
         )
         parser.add_argument(
             "--strict_accelerator",
