@@ -14,9 +14,7 @@ A LightningCLI in subclass mode: a config picks any lesson (``model.class_path``
 
 from __future__ import annotations
 
-import difflib
 import errno
-import inspect
 import logging
 import os
 import re
@@ -43,7 +41,7 @@ from gpu_lessons.checkpointing import (
     load_checkpoint,
 )
 from gpu_lessons.cuda import cuda_unavailable_reason
-from gpu_lessons.errors import CheckpointError, UserError, print_error
+from gpu_lessons.errors import CheckpointError, UserError, one_line, print_error
 from gpu_lessons.models.base import Lesson
 from gpu_lessons.pictures import LessonPictures
 from gpu_lessons.predictions import PredictionPrinter
@@ -166,8 +164,6 @@ class LessonCLI(LightningCLI):
         config = self.config[self.subcommand] if self.subcommand else self.config
         if config.output is not None and self.subcommand != "predict":
             raise UserError("--output is for predict: it writes the predictions to a CSV file")
-        if config.run_name is None:  # parse_arguments sets it when a subcommand runs; not for run=False
-            config.run_name = _checked_run_name(_default_run_name(config))
         _check_trainer_counts(config.trainer)
         self._resolve_accelerator(config)
         logger = config.trainer.logger
@@ -195,7 +191,7 @@ class LessonCLI(LightningCLI):
                 version = _next_version(run_root, log_root)
                 if logger_args is not None:
                     logger_args.version = version
-            config.checkpoint.dirpath = str(run_root / (version if isinstance(version, str) else f"version_{version}"))
+            config.checkpoint.dirpath = str(run_root / _version_folder(version))
         folder = Path(config.checkpoint.dirpath)
         _ensure_writable(folder, "checkpoints")
         existing = sorted(p.name for p in folder.glob("*.ckpt")) if folder.is_dir() else []
@@ -217,8 +213,8 @@ class LessonCLI(LightningCLI):
         logger = config.trainer.logger
         if not isinstance(logger, Namespace) or logger.init_args.get("version") is None:
             return None
-        args, version = logger.init_args, logger.init_args.version
-        return Path(args.save_dir, args.get("name") or "", version if isinstance(version, str) else f"version_{version}")
+        args = logger.init_args
+        return Path(args.save_dir, args.get("name") or "", _version_folder(args.version))
 
     def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
         """Parse; then read ``--ckpt_path`` once and check it before anything is built: it exists, loads with
@@ -230,9 +226,7 @@ class LessonCLI(LightningCLI):
         self.checkpoint: Optional[dict[str, Any]] = None
         self.checkpoint_hparams: dict[str, Any] = {}
         subcommand = self.config.get("subcommand")
-        config = self.config.get(subcommand) if subcommand else None
-        if config is None:
-            return
+        config = self.config.get(subcommand) if subcommand else self.config
         config.run_name = _checked_run_name(config.run_name or _default_run_name(config))
         ckpt_path = config.get("ckpt_path")
         if not ckpt_path:
@@ -303,7 +297,7 @@ class LessonCLI(LightningCLI):
         try:
             super().instantiate_classes()
         except (ValueError, MisconfigurationException, ImportError) as error:
-            raise UserError(f"invalid configuration: {_first_line(error)}") from None
+            raise UserError(f"invalid configuration: {one_line(error)}") from None
 
     def after_instantiate_classes(self) -> None:
         """Checks that need the built lesson, before any data is read: the checkpoint monitor is a metric the lesson
@@ -427,44 +421,6 @@ def _check_config_files(args: Any) -> None:
                 raise UserError(f"--config {value} is not a YAML text file (byte {error.start} is not UTF-8)") from None
 
 
-_JSONARGPARSE_NOISE = (
-    "Does not validate against any of the Union subtypes", "Subtypes:", "Errors:", "Given value type:",
-    "Expected a <class 'NoneType'>",
-)
-
-
-def _parse_error_line(error: BaseException) -> str:
-    """jsonargparse's multi-line report (Union subtypes, nested ``Parser key`` blocks, the given value) as one line:
-    the full key, the innermost reason, and for an unknown option the closest real one."""
-    keys, reasons, given, class_path = [], [], None, None
-    for line in (line.strip() for line in str(error).splitlines()):
-        line = line.removeprefix("- ").strip()
-        if match := re.match(r'Parser key "([^"]+)":\s*(.*)', line):
-            keys.append(match.group(1) if not keys or class_path is None else f"init_args.{match.group(1)}")
-            line = match.group(2)
-        if not line or line.startswith(_JSONARGPARSE_NOISE):
-            continue
-        if line.startswith("Given value:"):
-            given = line.removeprefix("Given value:").strip()
-        elif match := re.match(r"Problem with given class_path '([^']+)':?", line):
-            class_path = match.group(1)
-        else:
-            reasons.append(line)
-    reason = re.sub(r"<class '([\w.]+)'>", r"\1", reasons[-1] if reasons else str(error).strip())
-    reason = re.sub(r"^Expected an? ", "expected ", reason)
-    if given and reason.startswith("Expected") and "Got value" not in reason and not given.startswith("NestedArg("):
-        reason += f", got {given!r}"
-    if (unknown := re.fullmatch(r"Option '([^']+)' is not accepted", reason)) and class_path:
-        cls = imported_class(class_path)
-        known = [p for p in inspect.signature(cls.__init__).parameters if p not in ("self", "args", "kwargs")] if cls else []
-        close = difflib.get_close_matches(unknown.group(1), known, n=1)
-        reason = f"{class_path.rsplit('.', 1)[-1]} has no argument {unknown.group(1)!r}" + (
-            f"; did you mean {close[0]!r}?" if close else f" (its arguments: {', '.join(known)})"
-        )
-        keys.append(f"init_args.{unknown.group(1)}")
-    return f"{'.'.join(keys)}: {reason}" if keys else reason
-
-
 def _is_device_count(devices: Any) -> bool:
     if isinstance(devices, (list, tuple)):
         return len(devices) > 0
@@ -481,14 +437,6 @@ def _check_trainer_counts(trainer: Namespace) -> None:
         value = trainer.get(name)
         if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
             raise UserError(f"trainer.{name} must be a positive integer, got {value!r}")
-
-
-def _first_line(error: BaseException) -> str:
-    """The error's message on one line. jsonargparse wraps a constructor's error in a list of the Union's subtypes'
-    failures ("Errors:\n  - <the real message>\n  - Expected a <class 'NoneType'>"): that real message is the line."""
-    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-    reasons = [line[2:] for line in lines if line.startswith("- ") and not line.startswith("- Expected a ")]
-    return reasons[0] if reasons else lines[0] if lines else type(error).__name__
 
 
 def _shown(path: str) -> str:
@@ -526,6 +474,11 @@ def _checked_run_name(name: str) -> str:
             "checkpoints/<run_name>/ and lightning_logs/<run_name>/"
         )
     return name
+
+
+def _version_folder(version: Any) -> str:
+    """The folder a logger version names, as TensorBoardLogger and CSVLogger spell it: ``version_3``, or a string."""
+    return version if isinstance(version, str) else f"version_{version}"
 
 
 def _next_version(*roots: Optional[Path]) -> int:
@@ -599,10 +552,10 @@ def cli_main(args: Optional[list[str]] = None) -> Optional[LessonCLI]:
         print_error(error)
         raise SystemExit(error.exit_code) from None
     except ArgumentError as error:  # the parser's (the CLI sets exit_on_error=False to report it in one line)
-        print_error(_parse_error_line(error))
+        print_error(one_line(error))
         raise SystemExit(UserError.exit_code) from None
     except MisconfigurationException as error:  # Lightning's word for a setting that does not work, found mid-run
-        print_error(f"invalid configuration: {_first_line(error)}")
+        print_error(f"invalid configuration: {one_line(error)}")
         raise SystemExit(UserError.exit_code) from None
     except OSError as error:
         if error.errno not in _MACHINE_ERRNOS:

@@ -19,7 +19,7 @@ from torch import nn
 from gpu_lessons import models
 from gpu_lessons.checkpointing import PathLike, load_checkpoint, write_atomically
 from gpu_lessons.data.mnist import DATASETS
-from gpu_lessons.errors import UserError, print_error
+from gpu_lessons.errors import UserError, one_line, print_error
 from gpu_lessons.models import Lesson
 
 LESSONS: dict[str, type[Lesson]] = {
@@ -35,7 +35,11 @@ def load_lesson(checkpoint_path: PathLike, lesson_class: Optional[type[Lesson]] 
     Checkpoints written by ``python -m gpu_lessons`` record their lesson class; for one written from Python
     (``trainer.save_checkpoint``), pass ``lesson_class``. Raises :class:`CheckpointError` for anything else.
     """
-    return (lesson_class or Lesson).load_from_checkpoint(checkpoint_path, map_location="cpu")
+    return _lesson_of(load_checkpoint(checkpoint_path), checkpoint_path, lesson_class)
+
+
+def _lesson_of(checkpoint: dict, source: PathLike, lesson_class: Optional[type[Lesson]]) -> Lesson:
+    return (lesson_class or Lesson).from_checkpoint(checkpoint, source, map_location="cpu")
 
 
 def save_plain_weights(net: nn.Module, output_path: PathLike, *, overwrite: bool = False) -> Path:
@@ -107,17 +111,11 @@ def loading_hint(lesson: Lesson, output_path: PathLike, dataset: Optional[str] =
     return "\n".join([*lines, f"# net(x) returns {returns}"])
 
 
-def _trained_on(checkpoint_path: PathLike) -> Optional[str]:
+def _trained_on(checkpoint: dict) -> Optional[str]:
     """The image dataset (``mnist``, ``fashion_mnist``) the checkpoint's DataModule served, if it was one of them."""
-    data = load_checkpoint(checkpoint_path).get("datamodule_hyper_parameters") or {}
+    data = checkpoint.get("datamodule_hyper_parameters") or {}
     dataset = data.get("dataset") if isinstance(data, dict) else None
     return dataset if dataset in DATASETS else None
-
-
-def _one_line(error: BaseException) -> str:
-    """The first line of the error's message (or its type): user-facing errors stay on one line."""
-    lines = str(error).strip().splitlines()
-    return lines[0] if lines else type(error).__name__
 
 
 def main(argv: Optional[list[str]] = None) -> int:
@@ -131,16 +129,17 @@ def main(argv: Optional[list[str]] = None) -> int:
     )
     args = parser.parse_args(argv)
     try:
-        lesson = load_lesson(args.ckpt_path, LESSONS.get(args.lesson))
+        checkpoint = load_checkpoint(args.ckpt_path)  # read once: for the lesson and for the dataset it learned
+        lesson = _lesson_of(checkpoint, args.ckpt_path, LESSONS.get(args.lesson))
         output = save_plain_weights(lesson.net, args.output, overwrite=args.overwrite)
     except (UserError, OSError, ImportError) as error:
-        print_error(_one_line(error))
+        print_error(one_line(error))
         return 2
     parameters = sum(p.numel() for p in lesson.net.parameters())
     net_name = type(lesson.net).__name__
     print(f"wrote {output}: the state_dict of {net_name} ({parameters:,} parameters) from {args.ckpt_path}")
     print("to load it into the plain network:")
-    print(loading_hint(lesson, output, _trained_on(args.ckpt_path)))
+    print(loading_hint(lesson, output, _trained_on(checkpoint)))
     return 0
 
 

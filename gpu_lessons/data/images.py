@@ -14,9 +14,9 @@ from torch import Tensor
 from gpu_lessons.errors import UserError, print_error
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
-_SIZE, _BOX = 28, 20
+_SIZE, _BOX = 28, 20  # MNIST scaled each digit into a 20×20 box and centred it in 28×28
 # A photo of a digit needs far fewer pixels; a 13000×13000 RGBA PNG (680 KB on disk) would take 3.4 GB to decode.
-MAX_PIXELS = 40_000_000  # MNIST scaled each digit into a 20×20 box and centred it in 28×28
+MAX_PIXELS = 40_000_000
 
 
 def mnist_digit(image: PIL.Image.Image) -> Tensor:

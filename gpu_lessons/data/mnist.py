@@ -261,8 +261,5 @@ class MNISTDataModule(TensorDataModule):
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
         """Turn a batch of images into normalised ``[B, 1, 28, 28]`` floats, on the device they already sit on."""
         images, *rest = batch if isinstance(batch, (tuple, list)) else (batch,)
-        if images.dtype == torch.uint8:
-            images = preprocess(images, self.hparams.dataset)
-        else:  # the torchvision loader's ToTensor already gives [N, 1, 28, 28] in [0, 1]
-            images = (images - self.mean) / self.std
+        images = preprocess(images, self.hparams.dataset)  # stored uint8, or the torchvision loader's [0, 1] floats
         return (images, *rest) if rest else images

@@ -154,15 +154,23 @@ class Lesson(LightningModule):
         """
         if kwargs.pop("weights_only", True) is not True:
             raise CheckpointError("gpu_lessons loads checkpoints with weights_only=True only")
-        if kwargs.get("hparams_file") is not None:
-            raise CheckpointError("hparams_file is not supported: pass the hyperparameters as keyword arguments")
         if not isinstance(checkpoint_path, (str, os.PathLike)):
             raise CheckpointError(f"load_from_checkpoint takes a file path, got {type(checkpoint_path).__name__}")
-        checkpoint = load_checkpoint(checkpoint_path)
-        lesson_class, hparams = checked_hyperparameters(checkpoint, cls, checkpoint_path)
+        return cls.from_checkpoint(load_checkpoint(checkpoint_path), checkpoint_path, map_location, **kwargs)
+
+    @classmethod
+    def from_checkpoint(
+        cls, checkpoint: dict[str, Any], source: object = "the checkpoint", map_location: Any = None, **kwargs: Any
+    ) -> "Lesson":
+        """:meth:`load_from_checkpoint` for a checkpoint already read by
+        :func:`~gpu_lessons.checkpointing.load_checkpoint` (so a caller that needs more of the file reads it once);
+        ``source`` names it in errors."""
+        if kwargs.get("hparams_file") is not None:
+            raise CheckpointError("hparams_file is not supported: pass the hyperparameters as keyword arguments")
+        lesson_class, hparams = checked_hyperparameters(checkpoint, cls, source)
         if lesson_class is Lesson:
             raise CheckpointError(
-                f"{checkpoint_path} does not record its lesson class (it was saved from Python, not by the CLI): "
+                f"{source} does not record its lesson class (it was saved from Python, not by the CLI): "
                 "load it with its lesson, e.g. CNNLesson.load_from_checkpoint(...) (the export: --lesson CNNLesson)"
             )
         # Lightning builds the lesson from a new file of the weights and the checked hyperparameters only: none of
@@ -182,11 +190,11 @@ class Lesson(LightningModule):
         try:
             return loader(checked, map_location=map_location, weights_only=True, **kwargs)
         except (TypeError, AttributeError, ValueError) as error:  # the class cannot be built from these values
-            raise CheckpointError(f"{checkpoint_path}: cannot build a {lesson_class.__name__} from it ({error})") from None
+            raise CheckpointError(f"{source}: cannot build a {lesson_class.__name__} from it ({error})") from None
         except RuntimeError as error:  # from load_state_dict: these weights are another network's
             lines = [line.strip() for line in str(error).splitlines() if line.strip()]
             reason = "; ".join(lines[1:3]) or lines[0]  # the first line only says "Error(s) in loading state_dict"
-            raise CheckpointError(f"{checkpoint_path} does not hold a {lesson_class.__name__}'s weights ({reason})") from None
+            raise CheckpointError(f"{source} does not hold a {lesson_class.__name__}'s weights ({reason})") from None
 
     @property
     def metric_names(self) -> tuple[str, ...]:
