@@ -5,7 +5,12 @@ Every lesson is a :class:`~lightning.pytorch.LightningModule` around the course'
 ``python -m gpu_lessons fit --config configs/<lesson>.yaml`` runs it.
 """
 
+from importlib.metadata import PackageNotFoundError, version
+
 from gpu_lessons import data, models
 
-__version__ = "0.1.0"
+try:
+    __version__ = version("gpu_lessons")  # pyproject.toml is the one place the version is written
+except PackageNotFoundError:  # imported from a source tree that was never installed
+    __version__ = "0+unknown"
 __all__ = ["data", "models", "__version__"]

@@ -22,7 +22,7 @@ import shutil
 import sys
 import warnings
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 from jsonargparse import ArgumentError, Namespace
 from lightning.fabric.plugins import CheckpointIO
@@ -31,6 +31,7 @@ from lightning.pytorch.callbacks import LearningRateMonitor, ProgressBar, TQDMPr
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 from lightning.pytorch.utilities.exceptions import MisconfigurationException, SIGTERMException
 
+from gpu_lessons import __version__
 from gpu_lessons.checkpointing import (
     AtomicCheckpointIO,
     LessonCheckpoint,
@@ -42,15 +43,19 @@ from gpu_lessons.checkpointing import (
 )
 from gpu_lessons.cuda import cuda_unavailable_reason
 from gpu_lessons.errors import CheckpointError, UserError, one_line, print_error
+from gpu_lessons.lessons import config_path
 from gpu_lessons.models.base import Lesson
 from gpu_lessons.pictures import LessonPictures
 from gpu_lessons.predictions import PredictionPrinter
 
 _DESCRIPTION = (
     "gpu_lessons: a beginner's GPU/PyTorch course as PyTorch Lightning lessons. Train one with "
-    "`gpu-lessons fit --config configs/cnn.yaml`, then test or predict with `--ckpt_path last`. "
-    "`gpu-lessons fit --help` lists every option."
+    "`gpu-lessons fit --config cnn` (a shipped lesson, or your own YAML file), then test or predict with "
+    "`--ckpt_path last`. `gpu-lessons fit --help` lists every option. Also: `gpu-lessons lessons` (the lessons; "
+    "`--copy NAME` writes NAME.yaml to edit), `gpu-lessons export` (plain weights), `gpu-lessons pictures` (runs "
+    "side by side), `gpu-lessons doctor` (is the GPU usable?)."
 )
+_TOOL_NAMES = ("lessons", "export", "pictures", "doctor")
 _GPU_ACCELERATORS = ("gpu", "cuda")
 # OSErrors that describe the machine (disk, permissions, paths), not a bug: reported as one line, exit 1
 _MACHINE_ERRNOS = {
@@ -138,6 +143,14 @@ class LessonCLI(LightningCLI):
             "to the CPU.",
         )
         parser.add_argument(
+            "--init_weights",
+            type=Optional[str],
+            default=None,
+            help="fit only: start from this checkpoint's weights (or last/best of the run), with a new optimizer, "
+            "schedule and epoch count: fine-tuning, e.g. the MNIST CNN on your own pictures. --ckpt_path instead "
+            "resumes that run where it stopped.",
+        )
+        parser.add_argument(
             "--output",
             type=Optional[str],
             default=None,
@@ -173,8 +186,9 @@ class LessonCLI(LightningCLI):
             config.trainer.logger = False  # predictions are printed (and --output written): nothing to log
         if self.subcommand == "fit":
             self._place_fit_checkpoints(config)
-        elif config.checkpoint.dirpath is None:
-            config.checkpoint.dirpath = os.path.join("checkpoints", config.run_name)  # only fit writes checkpoints
+        elif config.checkpoint.dirpath is None:  # only fit writes checkpoints; this names the folder of the one read
+            ckpt_path = config.get("ckpt_path")
+            config.checkpoint.dirpath = str(Path(ckpt_path).parent) if ckpt_path else os.path.join("checkpoints", config.run_name)
 
     def _place_fit_checkpoints(self, config: Namespace) -> None:
         """Every fit writes into folders of its own: ``checkpoints/<run>/version_N/`` beside
@@ -221,31 +235,53 @@ class LessonCLI(LightningCLI):
         ``weights_only=True``, was written by the configured lesson, and its hyperparameters are plain values for that
         lesson's arguments (:func:`~gpu_lessons.checkpointing.checked_hyperparameters`: a checkpoint is someone else's
         data, and nothing in it may choose code)."""
-        _check_config_files(sys.argv[1:] if args is None else args)
-        super().parse_arguments(parser, args)
+        if args is None:  # the command line (LightningCLI warns about ``args`` given beside ``sys.argv``)
+            self.config = parser.parse_args(_with_config_files(sys.argv[1:]))
+        else:
+            super().parse_arguments(parser, _with_config_files(args))
         self.checkpoint: Optional[dict[str, Any]] = None
         self.checkpoint_hparams: dict[str, Any] = {}
+        self.initial_weights: Optional[dict[str, Any]] = None
         subcommand = self.config.get("subcommand")
         config = self.config.get(subcommand) if subcommand else self.config
         config.run_name = _checked_run_name(config.run_name or _default_run_name(config))
+        if config.get("init_weights"):
+            if subcommand not in ("fit", None):  # None: run=False, the caller drives the trainer
+                raise UserError("--init_weights is for fit: it starts training from a checkpoint's weights")
+            if config.get("ckpt_path"):
+                raise UserError(
+                    "give --ckpt_path (resume that run: its optimizer, schedule and epoch count) or --init_weights "
+                    "(train anew from its weights, e.g. on other data), not both"
+                )
+            config.init_weights = self._resolved(config.init_weights, config, "--init_weights")
+            self.initial_weights, _ = self._checked_checkpoint(config.init_weights, config)
         ckpt_path = config.get("ckpt_path")
         if not ckpt_path:
             return
-        if ckpt_path in _LIGHTNING_CKPT_ALIASES:
-            ckpt_path = config.ckpt_path = str(_checkpoint_alias(ckpt_path, config))
-        self.checkpoint = load_checkpoint(ckpt_path)
-        configured = imported_class(config.model.class_path)  # the config's class is already imported by parsing
-        trained_by, self.checkpoint_hparams = checked_hyperparameters(self.checkpoint, Lesson, ckpt_path)
-        if trained_by is Lesson and configured is not None and issubclass(configured, Lesson):
-            # saved from Python (no class recorded): its values are for the config's lesson, checked against it
-            _, self.checkpoint_hparams = checked_hyperparameters(self.checkpoint, configured, ckpt_path)
-        if configured is not None and trained_by is not Lesson and trained_by is not configured:
-            raise CheckpointError(
-                f"{ckpt_path} was trained by {self.checkpoint['hyper_parameters']['_class_path']}, but the config's "
-                f"model is {config.model.class_path}; use that lesson's config (or the matching checkpoint)"
-            )
+        ckpt_path = config.ckpt_path = self._resolved(ckpt_path, config)
+        self.checkpoint, self.checkpoint_hparams = self._checked_checkpoint(ckpt_path, config)
         if subcommand == "fit":
             _say_how_the_data_differs(self.checkpoint, config, ckpt_path)
+
+    @staticmethod
+    def _resolved(path: str, config: Namespace, flag: str = "--ckpt_path") -> str:
+        return str(_checkpoint_alias(path, config, flag)) if path in _LIGHTNING_CKPT_ALIASES else path
+
+    @staticmethod
+    def _checked_checkpoint(path: str, config: Namespace) -> tuple[dict[str, Any], dict[str, Any]]:
+        """The checkpoint at ``path`` and its checked hyperparameters, if the config's lesson wrote it."""
+        checkpoint = load_checkpoint(path)
+        configured = imported_class(config.model.class_path)  # the config's class is already imported by parsing
+        trained_by, hparams = checked_hyperparameters(checkpoint, Lesson, path)
+        if trained_by is Lesson and configured is not None and issubclass(configured, Lesson):
+            # saved from Python (no class recorded): its values are for the config's lesson, checked against it
+            _, hparams = checked_hyperparameters(checkpoint, configured, path)
+        if configured is not None and trained_by is not Lesson and trained_by is not configured:
+            raise CheckpointError(
+                f"{path} was trained by {checkpoint['hyper_parameters']['_class_path']}, but the config's "
+                f"model is {config.model.class_path}; use that lesson's config (or the matching checkpoint)"
+            )
+        return checkpoint, hparams
 
     def _parse_ckpt_path(self) -> None:
         """Replaces LightningCLI's merge of the checkpoint's hyperparameters into the config, where the checkpoint's
@@ -310,6 +346,11 @@ class LessonCLI(LightningCLI):
                     f"checkpoint.monitor {checkpoint_callback.monitor!r} is not a metric {type(model).__name__} logs; "
                     f"choose one of {', '.join(model.metric_names)}"
                 )
+        if self.initial_weights is not None:
+            source = self._get(self.config, "init_weights")
+            check_weights_fit(self.initial_weights, model, source)
+            model.load_state_dict(self.initial_weights["state_dict"])
+            sys.stderr.write(f"gpu_lessons: training starts from the weights of {source} (new optimizer, schedule and epochs)\n")
         if self.checkpoint is not None:
             ckpt_path = self._get(self.config, "ckpt_path")
             check_weights_fit(self.checkpoint, model, ckpt_path)
@@ -406,19 +447,28 @@ def _is_default_logger(logger: Any) -> bool:
     )
 
 
-def _check_config_files(args: Any) -> None:
-    """A ``--config`` file that is not UTF-8 text (a binary file given by mistake) is named in one line; jsonargparse
-    would fail on it with a UnicodeDecodeError traceback."""
+def _with_config_files(args: Any) -> Any:
+    """``args`` with each ``--config NAME`` of a shipped lesson (``cnn``) replaced by that lesson's config file
+    (:func:`~gpu_lessons.lessons.config_path`: a real file always wins). A ``--config`` file that is not UTF-8 text
+    (a binary file given by mistake) is named in one line; jsonargparse would fail on it with a UnicodeDecodeError
+    traceback."""
     if not isinstance(args, (list, tuple)):
-        return
-    values = [value for flag, value in zip(args, args[1:]) if flag in ("--config", "-c")]
-    values += [arg.split("=", 1)[1] for arg in args if isinstance(arg, str) and arg.startswith("--config=")]
+        return args
+    args, values = list(args), []
+    for i, arg in enumerate(args):
+        if arg in ("--config", "-c") and i + 1 < len(args) and isinstance(args[i + 1], str):
+            args[i + 1] = config_path(args[i + 1])
+            values.append(args[i + 1])
+        elif isinstance(arg, str) and arg.startswith("--config="):
+            args[i] = "--config=" + config_path(arg.split("=", 1)[1])
+            values.append(args[i].split("=", 1)[1])
     for value in values:
-        if isinstance(value, str) and os.path.isfile(value):
+        if os.path.isfile(value):
             try:
                 Path(value).read_text(encoding="utf-8")
             except UnicodeDecodeError as error:
                 raise UserError(f"--config {value} is not a YAML text file (byte {error.start} is not UTF-8)") from None
+    return args
 
 
 def _is_device_count(devices: Any) -> bool:
@@ -465,6 +515,9 @@ def _quiet_lightning() -> None:
             logger.addFilter(_LightningAdvertising())
     # Lightning 2.6's own call into torch's pytree API; nothing a user of these lessons can act on.
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)` is deprecated")
+    # The lessons log once per epoch, so an epoch of fewer batches than log_every_n_steps (a small folder of your own
+    # pictures) loses nothing.
+    warnings.filterwarnings("ignore", message=r"The number of training batches \(\d+\) is smaller than the logging interval")
 
 
 def _checked_run_name(name: str) -> str:
@@ -493,11 +546,11 @@ def _next_version(*roots: Optional[Path]) -> int:
     return max(numbers, default=-1) + 1
 
 
-def _checkpoint_alias(alias: str, config: Namespace) -> Path:
+def _checkpoint_alias(alias: str, config: Namespace, flag: str = "--ckpt_path") -> Path:
     """``--ckpt_path last`` / ``best``: the newest run's ``last.ckpt`` / best checkpoint (``checkpoints/<run>/``)."""
     folder = Path(config.checkpoint.dirpath or os.path.join("checkpoints", config.run_name))
     if alias not in ("last", "best"):
-        raise UserError(f"--ckpt_path {alias} is not supported: give a checkpoint file, or last or best")
+        raise UserError(f"{flag} {alias} is not supported: give a checkpoint file, or last or best")
     runs = [folder] + sorted(
         (p for p in folder.glob("version_*") if _VERSION.fullmatch(p.name)),
         key=lambda p: int(p.name.removeprefix("version_")),
@@ -505,7 +558,7 @@ def _checkpoint_alias(alias: str, config: Namespace) -> Path:
     newest = next((run / "last.ckpt" for run in reversed(runs) if (run / "last.ckpt").is_file()), None)
     if newest is None:
         raise CheckpointError(
-            f"--ckpt_path {alias}: run {config.run_name!r} has no checkpoint in {folder}/ yet; train it first "
+            f"{flag} {alias}: run {config.run_name!r} has no checkpoint in {folder}/ yet; train it first "
             "(fit with the same config) or give the checkpoint's path"
         )
     if alias == "last":
@@ -524,7 +577,7 @@ def _checkpoint_alias(alias: str, config: Namespace) -> Path:
         if best.is_file():
             return best
     raise CheckpointError(
-        f"--ckpt_path best: {newest} records no best checkpoint that still exists (a run without validation, or with "
+        f"{flag} best: {newest} records no best checkpoint that still exists (a run without validation, or with "
         "save_top_k 0, keeps only last.ckpt)"
     )
 
@@ -537,8 +590,24 @@ def _default_run_name(config: Namespace) -> str:
     return class_path.rsplit(".", 1)[-1].removesuffix("Lesson").lower() or "lesson"
 
 
+def _tools() -> dict[str, Callable[..., int]]:
+    """The subcommands beside Lightning's fit/validate/test/predict: each takes its arguments and a ``prog`` name."""
+    from gpu_lessons import doctor, export, lessons, pictures  # only the one asked for needs to run
+
+    return {"lessons": lessons.main, "export": export.main, "pictures": pictures.main, "doctor": doctor.main}
+
+
 def main() -> int:
     """The ``gpu-lessons`` console script and ``python -m gpu_lessons``: exit status 0 after a successful run."""
+    tool = sys.argv[1] if len(sys.argv) > 1 else None
+    if tool == "--version":
+        import lightning
+        import torch
+
+        print(f"gpu_lessons {__version__} (torch {torch.__version__}, lightning {lightning.__version__})")
+        return 0
+    if tool in _TOOL_NAMES:
+        return _tools()[tool](sys.argv[2:], prog=f"gpu-lessons {tool}")
     cli_main()
     return 0
 

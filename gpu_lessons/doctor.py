@@ -139,9 +139,9 @@ def _print_section(title: str, lines: list[str]) -> None:
         print(f"  {line}")
 
 
-def main(argv: Optional[list[str]] = None) -> int:
+def main(argv: Optional[list[str]] = None, prog: str = "python -m gpu_lessons.doctor") -> int:
     """Print the report; return 0 if every check that could run passed, else 1."""
-    parser = argparse.ArgumentParser(prog="python -m gpu_lessons.doctor", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog=prog, description=__doc__.splitlines()[0])
     parser.add_argument(
         "--size", type=_matrix_size, default=4096, help=f"N of the N×N matrices (default 4096, at most {MAX_SIZE})"
     )

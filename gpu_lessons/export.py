@@ -118,9 +118,9 @@ def _trained_on(checkpoint: dict) -> Optional[str]:
     return dataset if dataset in DATASETS else None
 
 
-def main(argv: Optional[list[str]] = None) -> int:
+def main(argv: Optional[list[str]] = None, prog: str = "python -m gpu_lessons.export") -> int:
     """Export a checkpoint's plain weights; bad input is one ``error:`` line and exit code 2."""
-    parser = argparse.ArgumentParser(prog="python -m gpu_lessons.export", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog=prog, description=__doc__.splitlines()[0])
     parser.add_argument("--ckpt_path", required=True, help="the lesson checkpoint, e.g. checkpoints/cnn/last.ckpt")
     parser.add_argument("--output", required=True, help="the weights file to write: NAME.pth, or NAME.safetensors")
     parser.add_argument("--overwrite", action="store_true", help="replace --output if it exists")

@@ -429,9 +429,9 @@ def compare_runs(checkpoints: Sequence[Union[str, Path]], output: Union[str, Pat
     return output
 
 
-def main(argv: Optional[list[str]] = None) -> int:
+def main(argv: Optional[list[str]] = None, prog: str = "python -m gpu_lessons.pictures") -> int:
     """``python -m gpu_lessons.pictures CKPT CKPT... --output compare.png``: runs' learning curves side by side."""
-    parser = argparse.ArgumentParser(prog="python -m gpu_lessons.pictures", description=compare_runs.__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog=prog, description=compare_runs.__doc__.splitlines()[0])
     parser.add_argument("checkpoints", nargs="+", help="the runs' checkpoints, e.g. checkpoints/overfit/last.ckpt")
     parser.add_argument("--output", required=True, help="the PNG file to write")
     args = parser.parse_args(argv)

@@ -21,6 +21,7 @@ EXPECTED = {
     "classifier": (models.BlobClassifierLesson, data.BlobsDataModule, {"data.init_args.seed": 42}),
     "mlp": (models.MLPLesson, data.MNISTDataModule, {"trainer.max_epochs": 5}),
     "cnn": (models.CNNLesson, data.MNISTDataModule, {"trainer.max_epochs": 5}),
+    "mnist_classifier": (models.MNISTClassifierLesson, data.MNISTDataModule, {"trainer.max_epochs": 5}),
     "fashion_mlp": (models.MLPLesson, data.MNISTDataModule, {"data.init_args.dataset": "fashion_mnist"}),
     "fashion_cnn": (models.CNNLesson, data.MNISTDataModule, {"data.init_args.dataset": "fashion_mnist"}),
     "overfit": (models.DropoutLesson, data.RandomFeaturesDataModule, {"model.init_args.dropout": 0.0, "data.init_args.labels": "noise", "data.init_args.num_train": 20}),

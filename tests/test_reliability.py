@@ -11,6 +11,7 @@ import textwrap
 import time
 from pathlib import Path
 
+import PIL.Image
 import pytest
 import torch
 
@@ -229,6 +230,8 @@ def trained_workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     write_idx_dataset(workdir / "damaged_mnist", num_train=60, num_test=20)
     (workdir / "damaged_mnist/MNIST/raw/train-images-idx3-ubyte").write_bytes(b"\x00\x00\x08\x03 truncated")
     _damaged_checkpoints(workdir)
+    (workdir / "one_class" / "7").mkdir(parents=True)
+    PIL.Image.new("L", (28, 28)).save(workdir / "one_class" / "7" / "a.png")
     return workdir
 
 
@@ -305,6 +308,26 @@ BAD_INPUTS = {
     "checkpoint folder of another run": (
         ["fit", "classifier", "--checkpoint.dirpath", "checkpoints/regression/version_0"],
         "checkpoints/regression/version_0 already holds another run's checkpoints (last.ckpt)",
+    ),
+    "unknown lesson name": (["fit", "--config", "nope"], "--config nope: no such file, and not a shipped lesson; the lessons are regression, "),
+    "init_weights beside ckpt_path": (
+        ["fit", "regression", "--init_weights", "checkpoints/regression/version_0/last.ckpt", "--ckpt_path", "checkpoints/regression/version_0/last.ckpt"],
+        "or --init_weights (train anew from its weights, e.g. on other data), not both",
+    ),
+    "init_weights for test": (["test", "regression", "--init_weights", "last"], "--init_weights is for fit"),
+    "init_weights of another lesson": (
+        ["fit", "regression", "--init_weights", "checkpoints/classifier/version_0/last.ckpt"],
+        "was trained by gpu_lessons.models.BlobClassifierLesson, but the config's model is gpu_lessons.models.RegressionLesson",
+    ),
+    "init_weights last before any run": (["fit", "step_lr", "--init_weights", "last"], "--init_weights last: run 'step_lr' has no checkpoint"),
+    "init_weights of the wrong shapes": (["fit", "regression", "--init_weights", "wrong_shapes.ckpt"], "net.layer1.weight of shape [3, 3], not [8, 1]"),
+    "image folder that does not exist": (
+        ["fit", "cnn", "--data", "gpu_lessons.data.ImageFolderDataModule", "--data.root", "no_pictures"],
+        "data.root no_pictures: does not exist",
+    ),
+    "image folder with one class": (
+        ["fit", "cnn", "--data", "gpu_lessons.data.ImageFolderDataModule", "--data.root", "one_class"],
+        "data.root one_class needs a subfolder of pictures per class",
     ),
     "predict input of the wrong shape": (["predict", "classifier", "--data.init_args.predict_points", "[[1, 2, 3]]"], "predict_points"),
 }

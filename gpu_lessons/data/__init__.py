@@ -1,6 +1,7 @@
 """LightningDataModules for the course's synthetic datasets and for (Fashion-)MNIST."""
 
 from gpu_lessons.data.batches import EpochPermutation, TensorBatches
+from gpu_lessons.data.image_folder import ImageFolderDataModule
 from gpu_lessons.data.mnist import DatasetError, DatasetMissingError, MNISTDataModule, preprocess
 from gpu_lessons.data.synthetic import BlobsDataModule, CurveDataModule, LineDataModule, RandomFeaturesDataModule
 from gpu_lessons.data.tensor_datamodule import TensorDataModule
@@ -11,6 +12,7 @@ __all__ = [
     "DatasetError",
     "DatasetMissingError",
     "EpochPermutation",
+    "ImageFolderDataModule",
     "LineDataModule",
     "MNISTDataModule",
     "RandomFeaturesDataModule",

@@ -61,7 +61,17 @@ def read_digits(source: Union[str, Path]) -> tuple[Tensor, list[str]]:
     else:
         raise UserError(f"predict_images: {source} does not exist")
 
-    digits, names, failures = [], [], []
+    digits, read = decode_digits(paths)
+    if not digits:
+        raise UserError(f"predict_images: none of the {len(paths)} files in {source} could be read")
+    return torch.stack(digits), [_printable(path) for path in read]
+
+
+def decode_digits(paths: list[Path]) -> tuple[list[Tensor], list[Path]]:
+    """Each picture in ``paths`` as a ``[28, 28]`` uint8 digit (:func:`mnist_digit`), and the paths that were read.
+    A file that cannot be decoded gets its own ``error:`` line and is skipped (the only one, a
+    :class:`~gpu_lessons.errors.UserError`)."""
+    digits, read, failures = [], [], []
     for path in paths:
         try:
             image = _decode(path)
@@ -72,14 +82,12 @@ def read_digits(source: Union[str, Path]) -> tuple[Tensor, list[str]]:
             failures.append(f"{_printable(path)}: cannot read image ({error})")
             continue
         digits.append(mnist_digit(image))
-        names.append(_printable(path))
+        read.append(path)
     if not digits and len(failures) == 1:
         raise UserError(failures[0])
     for failure in failures:
         print_error(failure)
-    if not digits:
-        raise UserError(f"predict_images: none of the {len(failures)} files in {source} could be read")
-    return torch.stack(digits), names
+    return digits, read
 
 
 def _printable(path: Path) -> str:

@@ -5,6 +5,7 @@ from gpu_lessons.models.classifier import BlobClassifierLesson, BlobClassifierNe
 from gpu_lessons.models.cnn import CNN, CNNLesson
 from gpu_lessons.models.dropout import DropoutLesson, OverfitNet
 from gpu_lessons.models.mlp import MLPLesson, MNISTNet
+from gpu_lessons.models.mnist_classifier import MNISTClassifier, MNISTClassifierLesson
 from gpu_lessons.models.regression import RegressionLesson, SimpleNet
 from gpu_lessons.models.schedulers import SchedulerLesson, SchedulerNet
 
@@ -16,6 +17,8 @@ __all__ = [
     "DropoutLesson",
     "Lesson",
     "MLPLesson",
+    "MNISTClassifier",
+    "MNISTClassifierLesson",
     "MNISTNet",
     "OverfitNet",
     "RegressionLesson",

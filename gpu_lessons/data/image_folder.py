@@ -1,0 +1,129 @@
+"""Your own pictures as a dataset: torchvision's ``ImageFolder`` layout, served like MNIST from device memory."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Optional, Union
+
+import torch
+from torchvision.datasets.folder import find_classes, make_dataset
+
+from gpu_lessons.data.images import IMAGE_SUFFIXES, decode_digits
+from gpu_lessons.data.mnist import preprocess
+from gpu_lessons.data.tensor_datamodule import Split, TensorDataModule
+from gpu_lessons.errors import UserError
+
+
+class ImageFolderDataModule(TensorDataModule):
+    """A folder of class subfolders of pictures (``my_digits/0/*.png``, ``my_digits/1/*.jpg``, ...), each picture
+    turned into a 28×28 MNIST-style digit exactly as ``predict`` does (:func:`~gpu_lessons.data.images.mnist_digit`),
+    split into train/val/test with a seeded permutation and normalised like MNIST, so that an MNIST lesson
+    fine-tunes on it: ``gpu-lessons fit --config cnn --data gpu_lessons.data.ImageFolderDataModule --data.root
+    my_digits --init_weights checkpoints/cnn/version_0/last.ckpt``.
+
+    Folders named by digits (``0`` ... ``9``) are those digits' labels, even when some are missing (``3/`` and ``7/``
+    are labels 3 and 7, as the MNIST network knows them); otherwise the sorted folder names are labels 0, 1, ...
+    A picture that cannot be read gets one ``error:`` line and is skipped.
+
+    Args:
+        root: The folder of class subfolders.
+        batch_size: Training batch size.
+        eval_batch_size: Batch size for validation, test and predict; ``None`` means a whole split at once.
+        val_fraction: Share of the pictures held out for validation (at least one picture when above 0).
+        test_fraction: Share held out for testing (at least one picture when above 0).
+        seed: Seeds the split and the shuffling order.
+        num_classes: How many classes the lesson tells apart (10 for the MNIST lessons); more class folders, or a
+            digit folder at or above it, is an error.
+        on_device: Keep the pictures on the training device.
+    """
+
+    def __init__(
+        self,
+        root: Union[str, Path],
+        batch_size: Optional[int] = 32,
+        eval_batch_size: Optional[int] = None,
+        val_fraction: float = 0.2,
+        test_fraction: float = 0.2,
+        seed: int = 42,
+        num_classes: int = 10,
+        on_device: bool = True,
+    ) -> None:
+        super().__init__(batch_size=batch_size, eval_batch_size=eval_batch_size, seed=seed, on_device=on_device)
+        for name, value in (("val_fraction", val_fraction), ("test_fraction", test_fraction)):
+            if not 0 <= value < 1:
+                raise ValueError(f"{name} must be in [0, 1), got {value}")
+        if val_fraction + test_fraction >= 1:
+            raise ValueError(f"val_fraction + test_fraction must be below 1 (some pictures must train), got {val_fraction + test_fraction}")
+        if num_classes < 2:
+            raise ValueError(f"num_classes must be at least 2, got {num_classes}")
+        self.save_hyperparameters()
+        self.hparams.root = str(root)  # plain data, so checkpoints stay loadable with weights_only=True
+        self.root = Path(root)
+        self.class_names: list[str] = []  # how predictions name the classes, set by setup()
+
+    def build_splits(self) -> dict[str, Split]:
+        images, labels = self._read_pictures()
+        order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(self.seed))
+        sizes = [self._held_out(len(labels), self.hparams.test_fraction), self._held_out(len(labels), self.hparams.val_fraction)]
+        if len(labels) - sum(sizes) < 1:
+            raise UserError(f"{self.root}: {len(labels)} readable pictures are too few to split into train, val and test")
+        test, val, train = order[: sizes[0]], order[sizes[0] : sum(sizes)], order[sum(sizes) :]
+        splits = {"train": (images[train], labels[train])}
+        for name, indices in (("val", val), ("test", test)):
+            if len(indices):
+                splits[name] = (images[indices], labels[indices])
+        return splits
+
+    @staticmethod
+    def _held_out(total: int, fraction: float) -> int:
+        return max(1, round(total * fraction)) if fraction > 0 else 0
+
+    def _read_pictures(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Every picture under ``root``'s class folders as uint8 digits, and their labels."""
+        if not self.root.is_dir():
+            raise UserError(f"data.root {self.root}: {'not a folder' if self.root.exists() else 'does not exist'}")
+        try:
+            folders, _ = find_classes(self.root)
+        except FileNotFoundError:
+            folders = []
+        folders = [name for name in folders if not name.startswith(".")]  # .ipynb_checkpoints and the like
+        if len(folders) < 2:
+            raise UserError(
+                f"data.root {self.root} needs a subfolder of pictures per class (my_digits/0/*.png, my_digits/1/*.png, "
+                f"...); it has {len(folders)} ({', '.join(folders) or 'none'})"
+            )
+        by_digit = all(name.isdigit() for name in folders)
+        class_to_label = {name: int(name) if by_digit else i for i, name in enumerate(folders)}
+        num_classes = self.hparams.num_classes
+        if max(class_to_label.values()) >= num_classes:
+            raise UserError(
+                f"data.root {self.root}: class folders {', '.join(folders)} need more than the lesson's "
+                f"{num_classes} classes (data.num_classes)"
+            )
+        samples = make_dataset(self.root, class_to_label, extensions=IMAGE_SUFFIXES, allow_empty=True)
+        counts = {name: sum(1 for _, label in samples if label == class_to_label[name]) for name in folders}
+        if empty := [name for name, count in counts.items() if count == 0]:
+            raise UserError(f"data.root {self.root}: class folder(s) {', '.join(empty)} hold no PNG or JPEG files")
+        label_of = {Path(path): label for path, label in samples}
+        digits, read = decode_digits(list(label_of))
+        labels = [label_of[path] for path in read]
+        if len(set(labels)) < 2:
+            raise UserError(f"data.root {self.root}: fewer than two classes have a readable picture")
+        # how predictions name the classes; a network's unused outputs get a name too
+        extra = [f"class {i}" for i in range(len(folders), num_classes)]
+        self.class_names = [f"digit {i}" for i in range(num_classes)] if by_digit else [*folders, *extra]
+        return torch.stack(digits), torch.tensor(labels, dtype=torch.long)
+
+    def val_dataloader(self) -> Any:
+        """The held-out validation pictures (none with ``val_fraction`` 0)."""
+        return self._batches("val", train=False) if "val" in self.splits else []
+
+    def test_dataloader(self) -> Any:
+        """The held-out test pictures (none with ``test_fraction`` 0)."""
+        return self._batches("test", train=False) if "test" in self.splits else []
+
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        """Normalise a batch as the MNIST lessons expect (:func:`~gpu_lessons.data.mnist.preprocess`), on its device."""
+        images, *rest = batch if isinstance(batch, (tuple, list)) else (batch,)
+        images = preprocess(images)
+        return (images, *rest) if rest else images

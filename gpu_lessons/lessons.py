@@ -1,0 +1,162 @@
+"""The shipped lessons: their configs travel inside the package, so a lesson runs by name from any folder.
+
+``gpu-lessons lessons`` lists them (course step, network and parameter count, data, what it shows, the result its
+config reaches), ``gpu-lessons lessons --copy cnn`` writes ``./cnn.yaml`` to change and run with
+``--config cnn.yaml``, and ``gpu-lessons fit --config cnn`` runs the shipped ``cnn.yaml``.
+
+Everything the listing says comes from the configs themselves. Each one opens with::
+
+    # Step 12: a small convolutional network beats the MLP on MNIST with half the parameters.
+    # Data: MNIST
+    # Result: 99.06 % test accuracy in 5 epochs (course: 98.79 %)
+
+and the network and its parameter count are read off the lesson the config builds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Optional
+
+import yaml
+from lightning.pytorch.cli import LightningArgumentParser
+
+from gpu_lessons.checkpointing import write_atomically
+from gpu_lessons.errors import UserError, print_error
+from gpu_lessons.models.base import Lesson
+
+_HEADER = re.compile(r"# (?P<step>[^:]+): (?P<shows>.+)\n# Data: (?P<data>.+)\n# Result: (?P<result>.+)\n")
+
+
+def shipped_configs() -> dict[str, Path]:
+    """``{lesson name: its config file}`` for every config the package ships, in course order."""
+    folder = Path(str(resources.files("gpu_lessons.configs")))
+    return {path.stem: path for path in sorted(folder.glob("*.yaml"), key=_course_order)}
+
+
+def _course_order(path: Path) -> tuple:
+    """The course's steps first, by number (``# Step 13, part 1`` before ``part 2``), then the fundamentals."""
+    with path.open(encoding="utf-8") as file:
+        step = file.readline().removeprefix("# ").split(":", 1)[0]
+    number = re.search(r"\d+", step)
+    return (not step.startswith("Step"), int(number.group()) if number else 0, step, path.stem)
+
+
+def config_path(value: str) -> str:
+    """What ``--config VALUE`` reads: an existing file as it is; else the shipped config of the lesson ``VALUE``
+    names (``cnn``, ``cnn.yaml`` or the repo's ``configs/cnn.yaml``, typed in a folder that has no such file).
+    Any other missing file is a :class:`UserError` naming the lessons."""
+    path = Path(value)
+    if path.exists() or value.lstrip().startswith("{"):  # a file, or jsonargparse's inline YAML
+        return value
+    shipped = shipped_configs()
+    name = path.name.removesuffix(".yaml")
+    if path.parent in (Path("."), Path("configs")) and name in shipped:
+        return str(shipped[name])
+    raise UserError(f"--config {value}: no such file, and not a shipped lesson; the lessons are {', '.join(shipped)}")
+
+
+@dataclass(frozen=True)
+class LessonInfo:
+    """One row of ``gpu-lessons lessons``."""
+
+    name: str
+    step: str
+    shows: str
+    network: str
+    parameters: int
+    data: str
+    result: str
+
+
+def describe(name: str) -> LessonInfo:
+    """The lesson ``name`` as its shipped config describes it (the network is built to count its parameters)."""
+    path = _shipped(name)
+    text = path.read_text(encoding="utf-8")
+    header = _HEADER.match(text)
+    if header is None:
+        raise ValueError(f"{path} does not open with the '# Step: shows', '# Data:', '# Result:' header lines")
+    parser = LightningArgumentParser(exit_on_error=False)
+    parser.add_lightning_class_args(Lesson, "model", subclass_mode=True)
+    config = parser.parse_object({"model": yaml.safe_load(text)["model"]})
+    instantiate = getattr(parser, "instantiate", None) or parser.instantiate_classes  # renamed in jsonargparse 4.49
+    net = instantiate(config).model.net
+    return LessonInfo(
+        name=name,
+        step=header["step"],
+        shows=header["shows"],
+        network=type(net).__name__,
+        parameters=sum(p.numel() for p in net.parameters()),
+        data=header["data"],
+        result=header["result"],
+    )
+
+
+def markdown_table(lessons: list[LessonInfo]) -> str:
+    """The lessons as the README's Markdown table."""
+    lines = [
+        "| lesson | course | network (parameters) | data | what it shows | result with the shipped config |",
+        "|---|---|---|---|---|---|",
+    ]
+    for lesson in lessons:
+        lines.append(
+            f"| `{lesson.name}` | {lesson.step} | `{lesson.network}` ({lesson.parameters:,}) | {lesson.data} "
+            f"| {lesson.shows} | {lesson.result} |"
+        )
+    return "\n".join(lines)
+
+
+def text_table(lessons: list[LessonInfo]) -> str:
+    """The lessons for a terminal: one line of facts, then what the lesson shows, indented."""
+    rows = [(f.name, f.step, f"{f.network} ({f.parameters:,})", f.data, f.result) for f in lessons]
+    widths = [max(len(row[i]) for row in rows) for i in range(4)]
+    lines = []
+    for row, lesson in zip(rows, lessons):
+        lines.append("  ".join(cell.ljust(width) for cell, width in zip(row, widths)) + "  " + row[4])
+        lines.append(" " * (widths[0] + 2) + lesson.shows)
+    return "\n".join(lines)
+
+
+def copy_config(name: str, folder: Path = Path(".")) -> Path:
+    """Write the shipped config of ``name`` to ``folder/<name>.yaml`` to edit; an existing file is never replaced."""
+    target = folder / f"{name}.yaml"
+    source = _shipped(name)
+    if target.exists():
+        raise UserError(f"{target} already exists; it was left as it is (delete or rename it to copy {name} again)")
+    try:
+        write_atomically(target, lambda file: file.write(source.read_bytes()), overwrite=False)
+    except FileExistsError:
+        raise UserError(f"{target} appeared while copying; it was left as it is") from None
+    return target
+
+
+def _shipped(name: str) -> Path:
+    shipped = shipped_configs()
+    if name not in shipped:
+        raise UserError(f"no lesson {name!r}; the lessons are {', '.join(shipped)}")
+    return shipped[name]
+
+
+def main(argv: Optional[list[str]] = None, prog: str = "gpu-lessons lessons") -> int:
+    """List the lessons, or copy one's config into the current folder."""
+    parser = argparse.ArgumentParser(prog=prog, description="The lessons this package ships, and what each reaches.")
+    parser.add_argument("--copy", metavar="LESSON", help="write LESSON's config to ./LESSON.yaml (never over a file)")
+    parser.add_argument("--markdown", action="store_true", help="print the table as Markdown (the README's)")
+    args = parser.parse_args(argv)
+    try:
+        if args.copy is not None:
+            target = copy_config(args.copy)
+            print(f"wrote {target}: change it, then run it with `gpu-lessons fit --config {target}`")
+            return 0
+        lessons = [describe(name) for name in shipped_configs()]
+    except UserError as error:
+        print_error(error)
+        return error.exit_code
+    print(markdown_table(lessons) if args.markdown else text_table(lessons))
+    if not args.markdown:
+        print("\nRun one with `gpu-lessons fit --config NAME`; `gpu-lessons lessons --copy NAME` writes NAME.yaml to edit.")
+    return 0
