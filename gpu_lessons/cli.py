@@ -47,6 +47,7 @@ from gpu_lessons.lessons import config_path
 from gpu_lessons.models.base import Lesson
 from gpu_lessons.pictures import LessonPictures
 from gpu_lessons.predictions import PredictionPrinter
+from gpu_lessons.progress import EpochLines, output_is_a_terminal
 
 _DESCRIPTION = (
     "gpu_lessons: a beginner's GPU/PyTorch course as PyTorch Lightning lessons. Train one with "
@@ -386,8 +387,9 @@ class LessonCLI(LightningCLI):
             if not any(isinstance(c, LearningRateMonitor) for c in callbacks):
                 callbacks.append(LearningRateMonitor(logging_interval="epoch"))
         if trainer_config.get("enable_progress_bar") is not False and not any(isinstance(c, ProgressBar) for c in callbacks):
-            # Redrawing the bar every step costs ~0.7 ms of Python, as much as a small model's step on a GPU.
-            callbacks.append(TQDMProgressBar(refresh_rate=10))
+            # Redrawing the bar every step costs ~0.7 ms of Python, as much as a small model's step on a GPU; where
+            # output is not a terminal, the redraws would all stay in the log: a line per epoch instead.
+            callbacks.append(TQDMProgressBar(refresh_rate=10) if output_is_a_terminal() else EpochLines())
         if self.subcommand == "predict" and not any(isinstance(c, PredictionPrinter) for c in callbacks):
             # After the progress bar, so that it has closed its line before the predictions are printed.
             callbacks.append(PredictionPrinter(output=self._get(self.config, "output")))

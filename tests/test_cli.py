@@ -32,6 +32,7 @@ def workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return tmp_path
 
 
+@pytest.mark.slow
 def test_fit_checkpoint_test_and_load_elsewhere(workdir: Path, tiny_mnist: Path) -> None:
     data = ["--data.init_args.data_dir", str(tiny_mnist)]
     fitted = run("fit", "mlp", *TINY, *data)

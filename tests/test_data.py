@@ -236,7 +236,7 @@ def test_tensor_batches_resume_mid_epoch_at_the_next_unseen_batch() -> None:
     partial = iter(full)
     next(partial), next(partial)
     state = full.state_dict()
-    assert state == {"epoch": 2, "batches_trained": 2, "batch_size": 3}
+    assert state == {"epoch": 2, "batches_trained": 2, "batch_size": 3, "passes": 1}
     resumed = TensorBatches(x, batch_size=3, sampler=EpochPermutation(10, shuffle=True, seed=5))
     resumed.load_state_dict(state)
     assert [b[0].tolist() for b in resumed] == expected[2:]

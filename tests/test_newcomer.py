@@ -23,6 +23,7 @@ def _console_script() -> Path:
     return script
 
 
+@pytest.mark.slow
 def test_the_console_script_exits_0_after_a_successful_run_and_names_itself(tmp_path: Path) -> None:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     fit = subprocess.run(

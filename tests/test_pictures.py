@@ -59,11 +59,12 @@ def test_classifier_draws_the_decision_boundary() -> None:
 
 
 def test_overfit_records_train_and_val_curves_per_epoch() -> None:
-    cli = run("fit", "overfit", "--trainer.max_epochs", "30")
+    cli = run("fit", "overfit", "--trainer.max_epochs", "6", "--trainer.check_val_every_n_epoch", "2")
     assert_pictures(cli.trainer.log_dir, "learning_curves")
     epochs = history(cli)
+    assert [entry["epoch"] for entry in epochs] == [1, 2, 3, 4, 5, 6]
     assert all({"train/acc", "train/loss"} <= entry.keys() for entry in epochs)
-    assert [entry["epoch"] for entry in epochs if {"val/acc", "val/loss"} <= entry.keys()] == [10, 20, 30]
+    assert [entry["epoch"] for entry in epochs if {"val/acc", "val/loss"} <= entry.keys()] == [2, 4, 6]
 
 
 def test_mnist_draws_the_confusion_matrix_and_misclassified_digits_after_test(tiny_mnist: Path) -> None:

@@ -25,7 +25,8 @@ from .helpers import QUIET, run
 # A lesson that shuffles (batch 32 of 200 samples) and uses dropout; validation every epoch.
 SHUFFLED_DROPOUT = [
     "--config", str(CONFIGS / "dropout.yaml"), *QUIET,
-    "--data.init_args.batch_size", "32", "--trainer.check_val_every_n_epoch", "1", "--trainer.max_epochs", "4",
+    "--data.init_args.batch_size", "32", "--data.init_args.steps_per_epoch", "1", "--trainer.check_val_every_n_epoch", "1",
+    "--trainer.max_epochs", "4",
 ]
 
 
@@ -61,6 +62,7 @@ def uninterrupted(tmp_path_factory: pytest.TempPathFactory) -> dict[str, torch.T
 # 1. Resume is exact -------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_resume_after_sigkill_is_bit_identical(tmp_path: Path, uninterrupted: dict) -> None:
     killed = cli_process(
         "fit", *SHUFFLED_DROPOUT, "--run_name", "run",
@@ -76,6 +78,7 @@ def test_resume_after_sigkill_is_bit_identical(tmp_path: Path, uninterrupted: di
 # 3. SIGTERM saves and exits 143 (and a mid-epoch resume is exact too) ---------------------------------------------
 
 
+@pytest.mark.slow
 def test_sigterm_mid_epoch_saves_exits_143_and_resumes_exactly(tmp_path: Path, uninterrupted: dict) -> None:
     stopped = cli_process(
         "fit", *SHUFFLED_DROPOUT, "--run_name", "run",
@@ -104,6 +107,7 @@ SAVER = textwrap.dedent(
 )
 
 
+@pytest.mark.slow
 def test_killing_saves_at_random_moments_never_loses_the_checkpoint(tmp_path: Path) -> None:
     other_filesystem = Path("/dev/shm") if Path("/dev/shm").is_dir() else tmp_path / "elsewhere"
     target = tmp_path / "ckpts" / "last.ckpt"
@@ -219,6 +223,8 @@ def trained_workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     try:
         run("fit", "classifier", "--trainer.max_epochs", "5")
         run("fit", "regression", "--trainer.max_epochs", "5")
+        # no validation in its one epoch: it keeps only last.ckpt
+        run("fit", "regression", "--trainer.max_epochs", "1", "--trainer.check_val_every_n_epoch", "2", "--run_name", "only_last")
     finally:
         os.chdir(cwd)
     (workdir / "notes.txt").write_text("not a checkpoint\n")
@@ -302,12 +308,12 @@ BAD_INPUTS = {
         "was trained with another optimizer than the configured SGD (its state has no dampening, momentum)",
     ),
     "ckpt_path last before any run": (["test", "step_lr", "--ckpt_path", "last"], "run 'step_lr' has no checkpoint in checkpoints/step_lr/ yet"),
-    "ckpt_path best of a run that keeps only last": (["test", "regression", "--ckpt_path", "best"], "records no best checkpoint"),
+    "ckpt_path best of a run that keeps only last": (["test", "regression", "--ckpt_path", "best", "--run_name", "only_last"], "records no best checkpoint"),
     "ckpt_path hpc": (["test", "classifier", "--ckpt_path", "hpc"], "--ckpt_path hpc is not supported"),
     "run_name outside checkpoints/": (["fit", "classifier", "--run_name", "../../x"], "--run_name must be a plain folder name"),
     "checkpoint folder of another run": (
         ["fit", "classifier", "--checkpoint.dirpath", "checkpoints/regression/version_0"],
-        "checkpoints/regression/version_0 already holds another run's checkpoints (last.ckpt)",
+        "checkpoints/regression/version_0 already holds another run's checkpoints (epoch",
     ),
     "unknown lesson name": (["fit", "--config", "nope"], "--config nope: no such file, and not a shipped lesson; the lessons are regression, "),
     "init_weights beside ckpt_path": (
@@ -424,7 +430,8 @@ def test_damaged_learning_curves_are_one_error_line(trained_workdir: Path, monke
 
 def test_same_seed_same_metrics_and_weights(tmp_path: Path, monkeypatch) -> None:
     monkeypatch.chdir(tmp_path)
-    args = ["--data.init_args.batch_size", "32", "--trainer.max_epochs", "3", "--trainer.check_val_every_n_epoch", "1"]
+    args = ["--data.init_args.batch_size", "32", "--data.init_args.steps_per_epoch", "1", "--trainer.max_epochs", "3",
+            "--trainer.check_val_every_n_epoch", "1"]
     first, second = run("fit", "dropout", *args, "--run_name", "a"), run("fit", "dropout", *args, "--run_name", "b")
     assert {k: float(v) for k, v in first.trainer.callback_metrics.items()} == {
         k: float(v) for k, v in second.trainer.callback_metrics.items()
@@ -435,6 +442,7 @@ def test_same_seed_same_metrics_and_weights(tmp_path: Path, monkeypatch) -> None
 # 8. Distributed on an existing engine -----------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_ddp_on_two_cpu_processes_trains_and_tests_like_one_process(tmp_path: Path, tiny_mnist: Path) -> None:
     common = [
         "--config", str(CONFIGS / "mlp.yaml"), *QUIET,

@@ -44,6 +44,7 @@ def test_a_second_fit_of_the_same_name_gets_its_own_folders_and_last_ckpt(workdi
     assert Path(best.config.test.ckpt_path).name.startswith("epoch")
 
 
+@pytest.mark.slow
 def test_sigterm_to_a_second_run_never_touches_the_first_runs_last_ckpt(workdir: Path) -> None:
     cli_process("fit", *SHUFFLED_DROPOUT, "--run_name", "run", "--trainer.max_epochs", "2", cwd=workdir)
     finished = workdir / "checkpoints/run/version_0/last.ckpt"

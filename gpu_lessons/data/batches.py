@@ -49,10 +49,11 @@ class EpochPermutation:
             return self.size // self.world_size
         return len(range(self.rank, self.size, self.world_size))
 
-    def indices(self) -> Tensor:
-        """This rank's indices for the current epoch (a CPU ``int64`` tensor)."""
+    def indices(self, draw: int | None = None) -> Tensor:
+        """This rank's indices for the current epoch (a CPU ``int64`` tensor); ``draw`` numbers the permutation
+        instead of the epoch (an epoch of several passes over the data draws one per pass)."""
         if self.shuffle:
-            generator = torch.Generator().manual_seed(self.seed + self.epoch)
+            generator = torch.Generator().manual_seed(self.seed + (self.epoch if draw is None else draw))
             order = torch.randperm(self.size, generator=generator)
         else:
             order = torch.arange(self.size)
@@ -72,6 +73,8 @@ class TensorBatches:
         batch_size: Samples per batch; ``None`` gives one batch with the whole (shard of the) split.
         sampler: The order; defaults to the natural order on one process.
         drop_last: Drop a final batch smaller than ``batch_size``.
+        passes: Passes over the data in one epoch, each in the order of its own draw: epoch ``e``'s pass ``p`` is
+            the order a one-pass epoch ``e * passes + p`` would have, so the batches are the same ones either way.
     """
 
     # DataLoader attributes Lightning inspects: it calls ``sampler.set_epoch`` and looks for a batch sampler.
@@ -83,28 +86,40 @@ class TensorBatches:
         batch_size: int | None,
         sampler: EpochPermutation | None = None,
         drop_last: bool = False,
+        passes: int = 1,
     ) -> None:
         if not tensors or any(len(t) != len(tensors[0]) for t in tensors):
             raise ValueError("TensorBatches needs one or more tensors of equal length")
         if batch_size is not None and batch_size < 1:
             raise ValueError(f"batch_size must be a positive integer or None, got {batch_size}")
+        if passes < 1:
+            raise ValueError(f"passes must be a positive integer, got {passes}")
         self.tensors = tensors
         self.sampler = sampler or EpochPermutation(len(tensors[0]), shuffle=False)
         self.batch_size = batch_size or max(len(self.sampler), 1)
         self.drop_last = drop_last
+        self.passes = passes
         self._yielded = 0  # batches handed out in the current epoch
         self._resume_at = 0  # batches to skip in the next epoch (set by load_state_dict)
 
-    def __len__(self) -> int:
+    def _batches_per_pass(self, batch_size: int) -> int:
         rounding = math.floor if self.drop_last else math.ceil
-        return rounding(len(self.sampler) / self.batch_size)
+        return rounding(len(self.sampler) / batch_size)
+
+    def __len__(self) -> int:
+        return self.passes * self._batches_per_pass(self.batch_size)
 
     def __iter__(self) -> Iterator[tuple[Tensor, ...]]:
-        order = self.sampler.indices().to(self.tensors[0].device, non_blocking=True)
+        per_pass = self._batches_per_pass(self.batch_size)
         first, self._resume_at = self._resume_at, 0
         self._yielded = first
-        for start in range(first * self.batch_size, len(self) * self.batch_size, self.batch_size):
-            index = order[start : start + self.batch_size]
+        order, drawn = None, None
+        for n in range(first, len(self)):
+            draw, batch = divmod(n, per_pass)
+            if draw != drawn:
+                order = self.sampler.indices(self.sampler.epoch * self.passes + draw).to(self.tensors[0].device, non_blocking=True)
+                drawn = draw
+            index = order[batch * self.batch_size : (batch + 1) * self.batch_size]
             self._yielded += 1
             yield tuple(tensor[index] for tensor in self.tensors)
 
@@ -114,7 +129,8 @@ class TensorBatches:
         Lightning fetches no batch ahead from a loader that has a length, so every batch handed out by the time a
         checkpoint is taken has been trained on.
         """
-        return {"epoch": self.sampler.epoch, "batches_trained": self._yielded, "batch_size": self.batch_size}
+        return {"epoch": self.sampler.epoch, "batches_trained": self._yielded, "batch_size": self.batch_size,
+                "passes": self.passes}
 
     def load_state_dict(self, state: dict[str, int]) -> None:
         """Skip the batches a resumed epoch has already trained on (the order comes back from the epoch's seed).
@@ -122,13 +138,17 @@ class TensorBatches:
         Mid-epoch, the position is a number of batches of the size the run had: with another ``batch_size`` it would
         skip or repeat samples, so that is refused (at an epoch's end any batch size resumes exactly)."""
         self.sampler.set_epoch(state["epoch"])
-        saved_size = state.get("batch_size", self.batch_size)
-        rounding = math.floor if self.drop_last else math.ceil
-        batches_then = max(rounding(len(self.sampler) / saved_size), 1)  # the epoch's length in the saved run
+        saved_size, saved_passes = state.get("batch_size", self.batch_size), state.get("passes", 1)
+        batches_then = max(saved_passes * self._batches_per_pass(saved_size), 1)  # the epoch's length in the saved run
         resume_at = state["batches_trained"] % batches_then
         if resume_at and saved_size != self.batch_size:
             raise UserError(
                 f"this checkpoint stopped mid-epoch after {state['batches_trained']} batches of {saved_size}; resume it "
                 f"with batch_size {saved_size} (not {self.batch_size}), or from a checkpoint taken at an epoch's end"
+            )
+        if resume_at and saved_passes != self.passes:
+            raise UserError(
+                f"this checkpoint stopped mid-epoch after {state['batches_trained']} of its {batches_then} steps; resume "
+                f"it with steps_per_epoch {saved_passes} (not {self.passes}), or from a checkpoint taken at an epoch's end"
             )
         self._resume_at = resume_at

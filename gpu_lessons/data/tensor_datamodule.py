@@ -27,6 +27,10 @@ class TensorDataModule(LightningDataModule):
         eval_batch_size: Batch size for validation/test/predict; ``None`` means the whole split at once.
         seed: Seeds the data itself (in subclasses) and the shuffling order.
         on_device: Keep the splits on the training device (GPU) instead of copying every batch from the host.
+        steps_per_epoch: Full-batch training only: optimizer steps in one epoch, each on the whole training split.
+            The course's loops take one full-batch step per "epoch"; 100 of them in one epoch are the same steps on
+            the same data (the same results), without paying the epoch-end work (logging, validation, checkpoints)
+            after every step.
     """
 
     def __init__(
@@ -35,15 +39,24 @@ class TensorDataModule(LightningDataModule):
         eval_batch_size: Optional[int] = None,
         seed: int = 42,
         on_device: bool = True,
+        steps_per_epoch: int = 1,
     ) -> None:
         super().__init__()
         for name, value in (("batch_size", batch_size), ("eval_batch_size", eval_batch_size)):
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
                 raise ValueError(f"{name} must be a positive integer or null, got {value!r}")
+        if isinstance(steps_per_epoch, bool) or not isinstance(steps_per_epoch, int) or steps_per_epoch < 1:
+            raise ValueError(f"steps_per_epoch must be a positive integer, got {steps_per_epoch!r}")
+        if steps_per_epoch > 1 and batch_size is not None:
+            raise ValueError(
+                f"steps_per_epoch is for full-batch training (batch_size null); with batch_size {batch_size} an epoch "
+                "is one pass over the data in mini-batches"
+            )
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size
         self.seed = seed
         self.on_device = on_device
+        self.steps_per_epoch = steps_per_epoch
         self.splits: dict[str, Split] = {}
 
     @staticmethod
@@ -81,7 +94,7 @@ class TensorDataModule(LightningDataModule):
             len(tensors[0]), shuffle=train, seed=self.seed, rank=rank, world_size=world_size, even=train
         )
         batch_size = self.batch_size if train else self.eval_batch_size
-        return TensorBatches(*tensors, batch_size=batch_size, sampler=sampler)
+        return TensorBatches(*tensors, batch_size=batch_size, sampler=sampler, passes=self.steps_per_epoch if train else 1)
 
     def train_dataloader(self) -> TensorBatches:
         """Shuffled training batches, a new order every epoch."""
