@@ -16,6 +16,7 @@ and the network and its parameter count are read off the lesson the config build
 from __future__ import annotations
 
 import argparse
+import os
 import re
 from dataclasses import dataclass
 from importlib import resources
@@ -29,12 +30,16 @@ from gpu_lessons.checkpointing import write_atomically
 from gpu_lessons.errors import UserError, print_error
 from gpu_lessons.models.base import Lesson
 
+_LESSON_NAME = re.compile(r"(\./)?(configs/)?(?P<name>[A-Za-z0-9_-]+)(\.ya?ml)?")
 _HEADER = re.compile(r"# (?P<step>[^:]+): (?P<shows>.+)\n# Data: (?P<data>.+)\n# Result: (?P<result>.+)\n")
 
 
 def shipped_configs() -> dict[str, Path]:
     """``{lesson name: its config file}`` for every config the package ships, in course order."""
-    folder = Path(str(resources.files("gpu_lessons.configs")))
+    try:
+        folder = Path(str(resources.files("gpu_lessons.configs")))
+    except ModuleNotFoundError:  # a source checkout that was never installed: the repo's configs/ itself
+        folder = Path(__file__).resolve().parents[1] / "configs"
     return {path.stem: path for path in sorted(folder.glob("*.yaml"), key=_course_order)}
 
 
@@ -47,17 +52,19 @@ def _course_order(path: Path) -> tuple:
 
 
 def config_path(value: str) -> str:
-    """What ``--config VALUE`` reads: an existing file as it is; else the shipped config of the lesson ``VALUE``
-    names (``cnn``, ``cnn.yaml`` or the repo's ``configs/cnn.yaml``, typed in a folder that has no such file).
-    Any other missing file is a :class:`UserError` naming the lessons."""
-    path = Path(value)
-    if path.exists() or value.lstrip().startswith("{"):  # a file, or jsonargparse's inline YAML
+    """What ``--config VALUE`` reads: an existing file as it is; a lesson's name (``cnn``, ``cnn.yaml``, or the repo's
+    ``configs/cnn.yaml`` typed in a folder that has no such file) as the shipped config; anything else (inline YAML,
+    another path) unchanged, for jsonargparse to read or report. A name that is no shipped lesson is a
+    :class:`UserError` listing them."""
+    if os.path.isfile(value):
+        return value
+    name = _LESSON_NAME.fullmatch(value)
+    if name is None:
         return value
     shipped = shipped_configs()
-    name = path.name.removesuffix(".yaml")
-    if path.parent in (Path("."), Path("configs")) and name in shipped:
-        return str(shipped[name])
-    raise UserError(f"--config {value}: no such file, and not a shipped lesson; the lessons are {', '.join(shipped)}")
+    if name["name"] not in shipped:
+        raise UserError(f"--config {value}: no such file, and not a shipped lesson; the lessons are {', '.join(shipped)}")
+    return str(shipped[name["name"]])
 
 
 @dataclass(frozen=True)
@@ -125,12 +132,14 @@ def copy_config(name: str, folder: Path = Path(".")) -> Path:
     """Write the shipped config of ``name`` to ``folder/<name>.yaml`` to edit; an existing file is never replaced."""
     target = folder / f"{name}.yaml"
     source = _shipped(name)
-    if target.exists():
+    if target.exists() or target.is_symlink():
         raise UserError(f"{target} already exists; it was left as it is (delete or rename it to copy {name} again)")
     try:
         write_atomically(target, lambda file: file.write(source.read_bytes()), overwrite=False)
     except FileExistsError:
-        raise UserError(f"{target} appeared while copying; it was left as it is") from None
+        raise UserError(f"{target} exists (or appeared while copying); it was left as it is") from None
+    except OSError as error:
+        raise UserError(f"cannot write {target}: {error.strerror or error}") from None
     return target
 
 

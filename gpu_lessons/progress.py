@@ -7,7 +7,7 @@ job's output file or ``> run.log`` every redraw stays, and a 2000-epoch lesson w
 from __future__ import annotations
 
 import sys
-import time
+from time import monotonic
 from typing import Any
 
 from lightning.pytorch import LightningModule, Trainer
@@ -19,7 +19,8 @@ class EpochLines(ProgressBar):
     ``epoch 3/20: train/loss 0.0123, val/loss 0.0456``. Validation, test and predict print nothing of their own.
 
     Args:
-        interval: Seconds between lines at the least; epochs in between are summed up by the next line.
+        interval: Seconds between lines at the least; the epochs in between print nothing (the next line shows
+            the latest epoch's metrics).
     """
 
     def __init__(self, interval: float = 2.0) -> None:
@@ -60,7 +61,7 @@ class EpochLines(ProgressBar):
         epoch, self._pending_epoch = self._pending_epoch, None
         if epoch is None or not self._enabled or not trainer.is_global_zero:
             return
-        now = time.monotonic()
+        now = monotonic()
         if not last and now - self._last_print < self.interval:
             return
         self._last_print = now

@@ -7,6 +7,7 @@ import importlib.metadata
 import os
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -39,10 +40,14 @@ def test_the_shipped_configs_are_the_repos_configs() -> None:
         assert path.read_bytes() == (CONFIGS / f"{name}.yaml").read_bytes()
 
 
-@pytest.mark.parametrize("value", ["cnn", "cnn.yaml", "configs/cnn.yaml", "--config=cnn"])
-def test_config_by_lesson_name_from_an_empty_folder(value: str, tmp_path: Path, monkeypatch) -> None:
+@pytest.mark.parametrize(
+    "args",
+    [["--config", name] for name in ("cnn", "cnn.yaml", "cnn.yml", "./cnn.yaml", "configs/cnn.yaml")]
+    + [["--config=cnn"], ["-c", "cnn"]],
+    ids=" ".join,
+)
+def test_config_by_lesson_name_from_an_empty_folder(args: list[str], tmp_path: Path, monkeypatch) -> None:
     monkeypatch.chdir(tmp_path)
-    args = [value] if value.startswith("--") else ["--config", value]
     cli = LessonCLI(args=args, run=False)
     assert type(cli.model) is CNNLesson
     assert Path(cli.trainer.checkpoint_callback.dirpath) == tmp_path / "checkpoints" / "cnn"  # output lands here
@@ -56,6 +61,18 @@ def test_a_real_file_wins_over_the_shipped_lesson(tmp_path: Path, monkeypatch) -
     (tmp_path / "cnn.yaml").write_text(yaml.safe_dump(config))
     assert LessonCLI(args=["--config", "cnn.yaml"], run=False).trainer.max_epochs == 1
     assert LessonCLI(args=["--config", "cnn"], run=False).trainer.max_epochs == 5  # no file named "cnn": the lesson
+
+
+def test_config_values_that_are_not_lesson_names_go_to_jsonargparse(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "cnn").mkdir()  # a folder named like a lesson does not hide it
+    assert lessons.config_path("cnn") == str(lessons.shipped_configs()["cnn"])
+    inline = "trainer: {max_epochs: 1}"
+    assert lessons.config_path(inline) == inline
+    assert lessons.config_path("{" + "x" * 300 + ": 1}") == "{" + "x" * 300 + ": 1}"  # no "file name too long"
+    assert lessons.config_path("elsewhere/cnn.yaml") == "elsewhere/cnn.yaml"  # another folder's path: jsonargparse says
+    with pytest.raises(UserError, match="--config cnnn: no such file, and not a shipped lesson; the lessons are regression, "):
+        lessons.config_path("cnnn")
 
 
 def test_the_lessons_table_is_what_the_configs_build(tmp_path: Path, monkeypatch) -> None:
@@ -114,7 +131,8 @@ def test_the_course_concept_3_dataset_is_batched_by_a_real_dataloader() -> None:
     datamodule = random_samples_datamodule(length=10, batch_size=4)
     loader = datamodule.train_dataloader()
     assert isinstance(loader, torch.utils.data.DataLoader)
-    with pytest.warns(UserWarning, match="pin_memory") if not torch.cuda.is_available() else _no_warning():
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # torch's note that pinned memory needs an accelerator
         batches = list(loader)
     assert [len(labels) for _, labels in batches] == [4, 4, 2]
     assert all(features.shape == (len(labels), 3) for features, labels in batches)
@@ -126,14 +144,6 @@ def test_the_course_concept_3_dataset_is_batched_by_a_real_dataloader() -> None:
     assert not torch.equal(dataset[3][0], dataset[4][0])
     with pytest.raises(IndexError):
         dataset[10]
-
-
-class _no_warning:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: object) -> None:
-        return None
 
 
 def _write_pictures(root: Path, per_class: int = 12) -> Path:
@@ -189,6 +199,7 @@ def test_image_folder_names_other_classes_by_folder(tmp_path: Path) -> None:
         ({"3": 2, ".hidden": 2}, "it has 1 (3)"),
         ({"3": 2, "12": 2}, "class folders 12, 3 need more than the lesson's 10 classes"),
         ({f"c{i}": 1 for i in range(11)}, "need more than the lesson's 10 classes"),
+        ({"7": 2, "07": 2}, "class folders 07, 7 name the same digit twice"),
     ],
 )
 def test_image_folder_bad_layouts_are_clear_errors(layout: dict, message: str, tmp_path: Path) -> None:
@@ -253,7 +264,7 @@ def test_the_built_wheel_works_from_an_empty_folder(tmp_path: Path) -> None:
     assert where[2] == importlib.metadata.version("gpu_lessons")
     listed = gpu_lessons_command("lessons")
     assert listed.returncode == 0 and "mnist_classifier" in listed.stdout, listed.stderr
-    fitted = gpu_lessons_command("fit", "--config", "regression", "--trainer.max_epochs", "30", "--trainer.enable_progress_bar", "false")
+    fitted = gpu_lessons_command("fit", "--config", "regression", "--trainer.max_epochs", "1", "--trainer.enable_progress_bar", "false")
     assert fitted.returncode == 0, fitted.stderr
     assert (empty / "checkpoints/regression/version_0/last.ckpt").is_file()
     assert (empty / "lightning_logs/regression/version_0/config.yaml").is_file()

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from gpu_lessons import progress
 from gpu_lessons.data import LineDataModule, RandomFeaturesDataModule
 from gpu_lessons.data.batches import EpochPermutation, TensorBatches
 from gpu_lessons.errors import UserError
@@ -51,14 +52,22 @@ def test_an_epoch_of_passes_draws_the_orders_one_pass_epochs_would() -> None:
 
 def test_a_mid_epoch_resume_keeps_its_position_and_refuses_other_steps_per_epoch() -> None:
     x = torch.arange(6)
+
+    def batches(passes: int) -> TensorBatches:
+        return TensorBatches(x, batch_size=None, sampler=EpochPermutation(6, shuffle=True, seed=3), passes=passes)
+
+    uninterrupted = batches(5)
+    uninterrupted.sampler.set_epoch(2)
+    whole_epoch = [batch[0].tolist() for batch in uninterrupted]
     state = {"epoch": 2, "batches_trained": 3, "batch_size": 6, "passes": 5}
-    resumed = TensorBatches(x, batch_size=None, sampler=EpochPermutation(6, shuffle=False), passes=5)
+    resumed = batches(5)
     resumed.load_state_dict(state)
-    assert len(list(resumed)) == 2  # the epoch's last two of five steps
-    other = TensorBatches(x, batch_size=None, sampler=EpochPermutation(6, shuffle=False), passes=4)
+    assert [batch[0].tolist() for batch in resumed] == whole_epoch[3:]  # the epoch's last two steps, in their orders
+    other = batches(4)
     with pytest.raises(UserError, match="resume it with steps_per_epoch 5 \\(not 4\\)"):
         other.load_state_dict(state)
     other.load_state_dict({**state, "batches_trained": 5})  # at the epoch's end any steps_per_epoch resumes
+    assert len(list(other)) == 4
 
 
 @pytest.mark.parametrize("value", [0, -1, True, 1.5])
@@ -112,7 +121,9 @@ def test_epoch_lines_print_at_most_one_line_per_interval(tmp_path, monkeypatch, 
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(cli, "output_is_a_terminal", lambda: False)
+    clock = iter(range(0, 1000, 1))  # each reading of the clock one second later: every other epoch is due
+    monkeypatch.setattr(progress, "monotonic", lambda: next(clock))
     run("fit", "step_lr", "--pictures.enabled", "false", "--trainer.enable_progress_bar", "true")
     lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("epoch ")]
-    # 6 quick epochs within the 2-second interval: the first and the last
-    assert [line.split(":")[0] for line in lines] == ["epoch 1/6 (step 1)", "epoch 6/6 (step 6)"]
+    # a line at most every 2 seconds (epochs 1, 3, 5), and always the last
+    assert [line.split(":")[0] for line in lines] == [f"epoch {e}/6 (step {e})" for e in (1, 3, 5, 6)]

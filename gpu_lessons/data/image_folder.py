@@ -9,7 +9,7 @@ import torch
 from torchvision.datasets.folder import find_classes, make_dataset
 
 from gpu_lessons.data.images import IMAGE_SUFFIXES, decode_digits
-from gpu_lessons.data.mnist import preprocess
+from gpu_lessons.data.mnist import preprocess_batch
 from gpu_lessons.data.tensor_datamodule import Split, TensorDataModule
 from gpu_lessons.errors import UserError
 
@@ -92,8 +92,10 @@ class ImageFolderDataModule(TensorDataModule):
                 f"data.root {self.root} needs a subfolder of pictures per class (my_digits/0/*.png, my_digits/1/*.png, "
                 f"...); it has {len(folders)} ({', '.join(folders) or 'none'})"
             )
-        by_digit = all(name.isdigit() for name in folders)
+        by_digit = all(name.isascii() and name.isdecimal() for name in folders)
         class_to_label = {name: int(name) if by_digit else i for i, name in enumerate(folders)}
+        if by_digit and len(set(class_to_label.values())) < len(folders):
+            raise UserError(f"data.root {self.root}: class folders {', '.join(folders)} name the same digit twice")
         num_classes = self.hparams.num_classes
         if max(class_to_label.values()) >= num_classes:
             raise UserError(
@@ -122,8 +124,12 @@ class ImageFolderDataModule(TensorDataModule):
         """The held-out test pictures (none with ``test_fraction`` 0)."""
         return self._batches("test", train=False) if "test" in self.splits else []
 
+    def predict_dataloader(self) -> Any:
+        """The held-out test pictures (to predict other pictures, use ``predict_images`` of the MNIST DataModule)."""
+        if "test" not in self.splits:
+            raise UserError(f"data.root {self.root}: predict uses the test pictures, and test_fraction is 0")
+        return self._batches("test", train=False)
+
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
         """Normalise a batch as the MNIST lessons expect (:func:`~gpu_lessons.data.mnist.preprocess`), on its device."""
-        images, *rest = batch if isinstance(batch, (tuple, list)) else (batch,)
-        images = preprocess(images)
-        return (images, *rest) if rest else images
+        return preprocess_batch(batch)

@@ -46,6 +46,13 @@ def preprocess(images: Tensor, dataset: Dataset = "mnist") -> Tensor:
     return (images - mean) / std
 
 
+def preprocess_batch(batch: Any, dataset: Dataset = "mnist") -> Any:
+    """:func:`preprocess` applied to the images of a batch, ``images`` or ``(images, labels, ...)``."""
+    images, *rest = batch if isinstance(batch, (tuple, list)) else (batch,)
+    images = preprocess(images, dataset)
+    return (images, *rest) if rest else images
+
+
 class MNISTDataModule(TensorDataModule):
     """MNIST (or Fashion-MNIST): 60,000 training images split into train/val with a seeded permutation, and
     the official 10,000-image test set.
@@ -260,6 +267,4 @@ class MNISTDataModule(TensorDataModule):
 
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
         """Turn a batch of images into normalised ``[B, 1, 28, 28]`` floats, on the device they already sit on."""
-        images, *rest = batch if isinstance(batch, (tuple, list)) else (batch,)
-        images = preprocess(images, self.hparams.dataset)  # stored uint8, or the torchvision loader's [0, 1] floats
-        return (images, *rest) if rest else images
+        return preprocess_batch(batch, self.hparams.dataset)  # stored uint8, or the torchvision loader's [0, 1] floats
