@@ -15,6 +15,7 @@ A LightningCLI in subclass mode: a config picks any lesson (``model.class_path``
 from __future__ import annotations
 
 import errno
+import importlib
 import logging
 import os
 import re
@@ -22,7 +23,7 @@ import shutil
 import sys
 import warnings
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
 from jsonargparse import ArgumentError, Namespace
 from lightning.fabric.plugins import CheckpointIO
@@ -56,7 +57,8 @@ _DESCRIPTION = (
     "`--copy NAME` writes NAME.yaml to edit), `gpu-lessons export` (plain weights), `gpu-lessons pictures` (runs "
     "side by side), `gpu-lessons doctor` (is the GPU usable?)."
 )
-_TOOL_NAMES = ("lessons", "export", "pictures", "doctor")
+# The subcommands beside Lightning's fit/validate/test/predict: each module's main(argv, prog) runs one.
+_TOOLS = {name: f"gpu_lessons.{name}" for name in ("lessons", "export", "pictures", "doctor")}
 _GPU_ACCELERATORS = ("gpu", "cuda")
 # OSErrors that describe the machine (disk, permissions, paths), not a bug: reported as one line, exit 1
 _MACHINE_ERRNOS = {
@@ -450,27 +452,29 @@ def _is_default_logger(logger: Any) -> bool:
 
 
 def _with_config_files(args: Any) -> Any:
-    """``args`` with each ``--config NAME`` of a shipped lesson (``cnn``) replaced by that lesson's config file
-    (:func:`~gpu_lessons.lessons.config_path`: a real file always wins). A ``--config`` file that is not UTF-8 text
-    (a binary file given by mistake) is named in one line; jsonargparse would fail on it with a UnicodeDecodeError
-    traceback."""
+    """``args`` with each ``--config``/``-c`` value resolved by :func:`_config_file`."""
     if not isinstance(args, (list, tuple)):
         return args
-    args, values = list(args), []
+    args = list(args)
     for i, arg in enumerate(args):
         if arg in ("--config", "-c") and i + 1 < len(args) and isinstance(args[i + 1], str):
-            args[i + 1] = config_path(args[i + 1])
-            values.append(args[i + 1])
+            args[i + 1] = _config_file(args[i + 1])
         elif isinstance(arg, str) and arg.startswith("--config="):
-            args[i] = "--config=" + config_path(arg.split("=", 1)[1])
-            values.append(args[i].split("=", 1)[1])
-    for value in values:
-        if os.path.isfile(value):
-            try:
-                Path(value).read_text(encoding="utf-8")
-            except UnicodeDecodeError as error:
-                raise UserError(f"--config {value} is not a YAML text file (byte {error.start} is not UTF-8)") from None
+            args[i] = "--config=" + _config_file(arg.split("=", 1)[1])
     return args
+
+
+def _config_file(value: str) -> str:
+    """A shipped lesson's name (``cnn``) becomes that lesson's config file (:func:`~gpu_lessons.lessons.config_path`:
+    a real file always wins). A file that is not UTF-8 text (a binary file given by mistake) is named in one line;
+    jsonargparse would fail on it with a UnicodeDecodeError traceback."""
+    value = config_path(value)
+    if os.path.isfile(value):
+        try:
+            Path(value).read_text(encoding="utf-8")
+        except UnicodeDecodeError as error:
+            raise UserError(f"--config {value} is not a YAML text file (byte {error.start} is not UTF-8)") from None
+    return value
 
 
 def _is_device_count(devices: Any) -> bool:
@@ -592,13 +596,6 @@ def _default_run_name(config: Namespace) -> str:
     return class_path.rsplit(".", 1)[-1].removesuffix("Lesson").lower() or "lesson"
 
 
-def _tools() -> dict[str, Callable[..., int]]:
-    """The subcommands beside Lightning's fit/validate/test/predict: each takes its arguments and a ``prog`` name."""
-    from gpu_lessons import doctor, export, lessons, pictures  # only the one asked for needs to run
-
-    return {"lessons": lessons.main, "export": export.main, "pictures": pictures.main, "doctor": doctor.main}
-
-
 def main() -> int:
     """The ``gpu-lessons`` console script and ``python -m gpu_lessons``: exit status 0 after a successful run."""
     tool = sys.argv[1] if len(sys.argv) > 1 else None
@@ -608,8 +605,8 @@ def main() -> int:
 
         print(f"gpu_lessons {__version__} (torch {torch.__version__}, lightning {lightning.__version__})")
         return 0
-    if tool in _TOOL_NAMES:
-        return _tools()[tool](sys.argv[2:], prog=f"gpu-lessons {tool}")
+    if tool in _TOOLS:  # imported only when asked for
+        return importlib.import_module(_TOOLS[tool]).main(sys.argv[2:], prog=f"gpu-lessons {tool}")
     cli_main()
     return 0
 

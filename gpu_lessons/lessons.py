@@ -16,6 +16,7 @@ and the network and its parameter count are read off the lesson the config build
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import re
 from dataclasses import dataclass
@@ -36,11 +37,17 @@ _HEADER = re.compile(r"# (?P<step>[^:]+): (?P<shows>.+)\n# Data: (?P<data>.+)\n#
 
 def shipped_configs() -> dict[str, Path]:
     """``{lesson name: its config file}`` for every config the package ships, in course order."""
+    return dict(_shipped_configs())
+
+
+@functools.cache
+def _shipped_configs() -> tuple[tuple[str, Path], ...]:
+    """The installed package's files do not change while it runs: the folder is read once."""
     try:
         folder = Path(str(resources.files("gpu_lessons.configs")))
     except ModuleNotFoundError:  # a source checkout that was never installed: the repo's configs/ itself
         folder = Path(__file__).resolve().parents[1] / "configs"
-    return {path.stem: path for path in sorted(folder.glob("*.yaml"), key=_course_order)}
+    return tuple((path.stem, path) for path in sorted(folder.glob("*.yaml"), key=_course_order))
 
 
 def _course_order(path: Path) -> tuple:
@@ -87,8 +94,7 @@ def describe(name: str) -> LessonInfo:
     header = _HEADER.match(text)
     if header is None:
         raise ValueError(f"{path} does not open with the '# Step: shows', '# Data:', '# Result:' header lines")
-    parser = LightningArgumentParser(exit_on_error=False)
-    parser.add_lightning_class_args(Lesson, "model", subclass_mode=True)
+    parser = _lesson_parser()
     config = parser.parse_object({"model": yaml.safe_load(text)["model"]})
     instantiate = getattr(parser, "instantiate", None) or parser.instantiate_classes  # renamed in jsonargparse 4.49
     net = instantiate(config).model.net
@@ -101,6 +107,14 @@ def describe(name: str) -> LessonInfo:
         data=header["data"],
         result=header["result"],
     )
+
+
+@functools.cache
+def _lesson_parser() -> LightningArgumentParser:
+    """A parser of a config's ``model`` section alone (building one costs more than parsing with it)."""
+    parser = LightningArgumentParser(exit_on_error=False)
+    parser.add_lightning_class_args(Lesson, "model", subclass_mode=True)
+    return parser
 
 
 def markdown_table(lessons: list[LessonInfo]) -> str:
@@ -132,12 +146,10 @@ def copy_config(name: str, folder: Path = Path(".")) -> Path:
     """Write the shipped config of ``name`` to ``folder/<name>.yaml`` to edit; an existing file is never replaced."""
     target = folder / f"{name}.yaml"
     source = _shipped(name)
-    if target.exists() or target.is_symlink():
-        raise UserError(f"{target} already exists; it was left as it is (delete or rename it to copy {name} again)")
-    try:
+    try:  # linked into place: an existing file (or a link, even a dangling one) is refused, never replaced
         write_atomically(target, lambda file: file.write(source.read_bytes()), overwrite=False)
     except FileExistsError:
-        raise UserError(f"{target} exists (or appeared while copying); it was left as it is") from None
+        raise UserError(f"{target} already exists; it was left as it is (delete or rename it to copy {name} again)") from None
     except OSError as error:
         raise UserError(f"cannot write {target}: {error.strerror or error}") from None
     return target

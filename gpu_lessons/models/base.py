@@ -370,16 +370,14 @@ class Lesson(LightningModule):
             confidences = torch.where(classes == 1, predictions, 1 - predictions)
         else:
             confidences, classes = predictions.max(dim=-1)
-        # One word for both: the network's probability of the class it predicts.
-        word = "probability"
-        rows = []
+        rows = []  # binary or not, what is shown is the network's probability of the class it predicts
         for (text, values), c, p in zip(shown, classes.tolist(), map(_short, confidences.tolist())):
             columns = {**values, "class": c}
             if class_names:
                 columns["name"] = class_names[c]
-            columns[word] = p
+            columns["probability"] = p
             label = class_names[c] if class_names else f"class {c}"
-            rows.append(PredictionRow(f"{text} → {label} ({word} {p:.2%})", columns))
+            rows.append(PredictionRow(f"{text} → {label} (probability {p:.2%})", columns))
         return rows
 
     def configure_optimizers(self) -> Any:
