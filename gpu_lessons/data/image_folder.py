@@ -103,8 +103,8 @@ class ImageFolderDataModule(TensorDataModule):
                 f"{num_classes} classes (data.num_classes)"
             )
         samples = make_dataset(self.root, class_to_label, extensions=IMAGE_SUFFIXES, allow_empty=True)
-        counts = {name: sum(1 for _, label in samples if label == class_to_label[name]) for name in folders}
-        if empty := [name for name, count in counts.items() if count == 0]:
+        found = {label for _, label in samples}
+        if empty := [name for name in folders if class_to_label[name] not in found]:
             raise UserError(f"data.root {self.root}: class folder(s) {', '.join(empty)} hold no PNG or JPEG files")
         label_of = {Path(path): label for path, label in samples}
         digits, read = decode_digits(list(label_of))
