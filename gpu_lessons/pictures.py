@@ -25,7 +25,7 @@ import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.trainer.states import TrainerFn
-from lightning.pytorch.utilities import rank_zero_warn
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
@@ -35,6 +35,7 @@ from torchmetrics.classification import MulticlassConfusionMatrix
 
 from gpu_lessons.checkpointing import load_checkpoint, write_atomically
 from gpu_lessons.errors import UserError, print_error
+from gpu_lessons.models.tasks import BinaryTask, MulticlassTask, RegressionTask
 
 Predict = Callable[[Tensor], Tensor]
 Split = Sequence[Tensor]
@@ -234,19 +235,26 @@ def _evaluating(module: LightningModule) -> Iterator[None]:
 class LessonPictures(Callback):
     """Draws what a lesson learned, to TensorBoard and as PNGs in ``<log_dir>/pictures/``.
 
-    After ``fit``: the learning curves (train vs validation accuracy and loss per epoch) for every lesson;
-    for a regression with 1-D inputs the fitted curve over the data; for a binary classifier with 2-D inputs
-    the decision boundary over the points. After ``test`` of a multiclass lesson: the confusion matrix and the
-    misclassified test images. The data comes from the DataModule's ``splits`` (see
-    :class:`~gpu_lessons.data.TensorDataModule`); pictures that need data it lacks are skipped.
+    After ``fit``: the learning curves (train vs validation accuracy and loss per epoch) for every lesson; for a
+    :class:`~gpu_lessons.models.RegressionTask` with 1-D inputs the fitted curve over the data; for a
+    :class:`~gpu_lessons.models.BinaryTask` with 2-D inputs the decision boundary over the points. After ``test`` of
+    a :class:`~gpu_lessons.models.MulticlassTask`: the confusion matrix and the misclassified test images (named by
+    the DataModule's ``class_names`` attribute, where it declares one).
 
-    Only rank zero draws, nothing runs per step, and a picture that fails to draw is a warning, never a failed
-    run. Without a logger nothing is written; loggers other than TensorBoard get only the PNG files.
+    The data comes from the batches Lightning hands to the hooks: the last epoch's training batches (at most
+    :attr:`MAX_POINTS` samples, each point drawn once), the last validation's batches, and the test batches with
+    the lesson's ``test_step`` outputs. So any DataModule works; a picture that does not fit the data is skipped
+    with a line that says why. Under DDP, rank zero draws what it saw (its shard of each split).
+
+    Only rank zero draws, and a picture that fails to draw is a warning, never a failed run. Without a logger
+    nothing is written; loggers other than TensorBoard get only the PNG files.
 
     Args:
         enabled: Draw the pictures (``--pictures.enabled false`` skips them, e.g. when timing a run).
         max_misclassified: How many misclassified test images to show.
     """
+
+    MAX_POINTS = 10_000  # samples kept from an epoch's training batches for the fitted-curve/boundary pictures
 
     def __init__(self, enabled: bool = True, max_misclassified: int = 25) -> None:
         self.enabled = enabled
@@ -255,6 +263,8 @@ class LessonPictures(Callback):
         self._val_metrics: dict[str, float] = {}
         self._finished_epoch: Optional[int] = None
         self._log_dir: Optional[str] = None
+        self._batches: dict[str, list[tuple[Tensor, ...]]] = {"train": [], "val": [], "test": []}
+        self._kept = 0  # training samples kept this epoch
 
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         # ``trainer.log_dir`` is a collective call under DDP, so every rank asks here rather than rank zero later.
@@ -265,6 +275,33 @@ class LessonPictures(Callback):
         """Where the PNG files go: ``<log_dir>/pictures`` (``None`` without a logger)."""
         return None if self._log_dir is None else Path(self._log_dir) / "pictures"
 
+    def _keeps(self, trainer: Trainer) -> bool:
+        return self.enabled and self._log_dir is not None and trainer.is_global_zero
+
+    # -- fit: learning curves, and the points for the fitted curve / decision boundary --------------------------
+
+    def on_train_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._record_finished_epoch(trainer)
+        self._batches["train"], self._kept = [], 0
+
+    def on_train_batch_end(
+        self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        # References only (no copy, nothing read back from the device): this runs every step.
+        if self._kept < self.MAX_POINTS and self._keeps(trainer) and _is_points(batch):
+            self._batches["train"].append((batch[0].detach(), batch[1].detach()))
+            self._kept += len(batch[0])
+
+    def on_validation_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._batches["val"] = []
+
+    def on_validation_batch_end(
+        self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, batch_idx: int,
+        dataloader_idx: int = 0,
+    ) -> None:
+        if trainer.state.fn == TrainerFn.FITTING and self._keeps(trainer) and _is_points(batch):
+            self._batches["val"].append((batch[0].detach(), batch[1].detach()))
+
     def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if trainer.state.fn == TrainerFn.FITTING and not trainer.sanity_checking and trainer.is_global_zero:
             self._val_metrics = _epoch_metrics(trainer, "val")
@@ -273,9 +310,6 @@ class LessonPictures(Callback):
         # The lesson logs its epoch's training metrics in its own ``on_train_epoch_end``, which Lightning runs after
         # the callbacks' hooks: the epoch is recorded when the next one starts, or when training ends.
         self._finished_epoch = trainer.current_epoch + 1
-
-    def on_train_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        self._record_finished_epoch(trainer)
 
     def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._record_finished_epoch(trainer)
@@ -289,9 +323,6 @@ class LessonPictures(Callback):
             self._val_metrics = {}
         self._finished_epoch = None
 
-    def on_test_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        self._publish(trainer, pl_module, self._test_pictures)
-
     def state_dict(self) -> dict[str, Any]:
         return {"history": self.history}
 
@@ -302,34 +333,45 @@ class LessonPictures(Callback):
         if self.history:
             run = getattr(trainer.logger, "name", None) or type(pl_module).__name__
             yield "learning_curves", learning_curves_figure({run: self.history})
-        splits, task = _splits(trainer), getattr(pl_module, "task", None)
-        train, val = splits.get("train"), splits.get("val")
-        if train is None or train[0].ndim != 2:
+        if isinstance(pl_module, RegressionTask):
+            name, title, features, draw = "fit", "Fitted curve", 1, fit_figure
+        elif isinstance(pl_module, BinaryTask):
+            name, title, features, draw = "decision_boundary", "Decision boundary", 2, decision_boundary_figure
+        else:
             return
-        predict, after = _predictor(trainer, pl_module), f"after {trainer.current_epoch} epochs"
-        if task == "regression" and train[0].shape[1] == 1:
-            yield "fit", fit_figure(predict, train, val, title=f"Fitted curve {after}")
-        elif task == "binary" and train[0].shape[1] == 2:
-            yield "decision_boundary", decision_boundary_figure(predict, train, val, title=f"Decision boundary {after}")
+        train, val = _points(self._batches["train"]), _points(self._batches["val"])
+        if train is None or train[0].shape[1] != features:
+            seen = "no batches of 1 or 2 features" if train is None else f"inputs of {train[0].shape[1]} features"
+            rank_zero_info(f"LessonPictures: no {title.lower()}: it needs inputs of {features} feature(s), and saw {seen}")
+            return
+        after = f"{title} after {trainer.current_epoch} epochs"
+        yield name, draw(_predictor(trainer, pl_module), train, val, title=after)
+
+    # -- test: confusion matrix and misclassified images ------------------------------------------------------
+
+    def on_test_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._batches["test"] = []
+
+    def on_test_batch_end(
+        self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, batch_idx: int,
+        dataloader_idx: int = 0,
+    ) -> None:
+        # The test_step's outputs are a MulticlassTask's class scores; kept on the device until the test ends.
+        if isinstance(pl_module, MulticlassTask) and self._keeps(trainer) and isinstance(outputs, Tensor):
+            self._batches["test"].append((batch[0].detach(), batch[1].detach(), outputs.detach().argmax(dim=-1)))
+
+    def on_test_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._publish(trainer, pl_module, self._test_pictures)
 
     def _test_pictures(self, trainer: Trainer, pl_module: LightningModule) -> Iterator[tuple[str, Figure]]:
-        test = _splits(trainer).get("test")
-        if getattr(pl_module, "task", None) != "multiclass" or test is None:
+        if not isinstance(pl_module, MulticlassTask) or not self._batches["test"]:
             return
-        images, targets = test[0], test[1]
-        predict, datamodule = _predictor(trainer, pl_module), trainer.datamodule
-        # The splits hold the stored images (uint8 for MNIST); the DataModule's hook turns them into model inputs.
-        probabilities = torch.cat(
-            [
-                predict(datamodule.on_after_batch_transfer((x, y), 0)[0])
-                for x, y in zip(images.split(1000), targets.split(1000))
-            ]
-        )
-        preds = probabilities.argmax(dim=-1)
+        images, targets, preds = (torch.cat(parts) for parts in zip(*self._batches["test"]))
+        self._batches["test"] = []
         # Names only where they say more than the number (Fashion-MNIST's "Sneaker", not MNIST's "digit 7").
-        names = getattr(datamodule, "class_names", None)
+        names = getattr(trainer.datamodule, "class_names", None)
         names = names if names and not all(name.startswith("digit ") for name in names) else None
-        yield "confusion_matrix", confusion_matrix_figure(preds, targets, probabilities.shape[-1], names)
+        yield "confusion_matrix", confusion_matrix_figure(preds, targets, pl_module.num_classes, names)
         yield "misclassified", misclassified_figure(images, targets, preds, self.max_misclassified, names)
 
     def _publish(
@@ -338,7 +380,7 @@ class LessonPictures(Callback):
         pl_module: LightningModule,
         draw: Callable[[Trainer, LightningModule], Iterator[tuple[str, Figure]]],
     ) -> None:
-        if not self.enabled or self._log_dir is None or not trainer.is_global_zero:
+        if not self._keeps(trainer):
             return
         folder = self.folder
         try:
@@ -354,21 +396,32 @@ class LessonPictures(Callback):
             rank_zero_warn(f"LessonPictures could not draw its pictures: {error!r}")
 
 
+def _is_points(batch: Any) -> bool:
+    """Whether a batch is ``(features [N, 1 or 2], targets)``: points a fitted curve or a boundary can be drawn over."""
+    return isinstance(batch, (tuple, list)) and len(batch) >= 2 and batch[0].ndim == 2 and batch[0].shape[1] <= 2
+
+
+def _points(batches: Sequence[tuple[Tensor, Tensor]]) -> Optional[Split]:
+    """The batches' samples, each distinct ``(x, y)`` once (a full-batch epoch hands over the same points every step)."""
+    if not batches:
+        return None
+    x, y = (torch.cat(parts).float().cpu() for parts in zip(*batches))
+    features = x.shape[1]
+    rows = torch.unique(torch.cat([x, y.reshape(len(y), -1)], dim=1), dim=0)
+    return rows[:, :features], rows[:, features:].reshape(-1, *y.shape[1:])
+
+
 def _epoch_metrics(trainer: Trainer, stage: str) -> dict[str, float]:
     metrics = trainer.callback_metrics
     return {key: float(metrics[key]) for key in (f"{stage}/{name}" for name in _CURVES) if key in metrics}
 
 
-def _splits(trainer: Trainer) -> Mapping[str, Split]:
-    return getattr(trainer.datamodule, "splits", None) or {}
-
-
 def _predictor(trainer: Trainer, pl_module: LightningModule) -> Predict:
-    """The lesson's predictions (values, P(class 1), class probabilities) for a batch of inputs, on the CPU."""
+    """The lesson's predictions (values, P(class 1)) for a batch of inputs, on the CPU."""
 
     def predict(inputs: Tensor) -> Tensor:
         with trainer.precision_plugin.forward_context():
-            return pl_module.predict_step(inputs.to(pl_module.device), 0).float().cpu()
+            return pl_module.predictions(pl_module(inputs.to(pl_module.device))).float().cpu()
 
     return predict
 

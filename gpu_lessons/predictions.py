@@ -5,24 +5,91 @@ from __future__ import annotations
 import csv
 import io
 from pathlib import Path
-from typing import Any, Optional, Union
+from collections.abc import Sequence
+from typing import Any, NamedTuple, Optional, Union
 
+import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
+from torch import Tensor
 
 from gpu_lessons.checkpointing import write_atomically
 from gpu_lessons.errors import UserError
-from gpu_lessons.models.base import PredictionRow, batch_inputs
+from gpu_lessons.models.tasks import BinaryTask, MulticlassTask, RegressionTask
+
+# Feature vectors up to this long are shown by their values; longer ones (and images) by their name.
+_MAX_SHOWN_FEATURES = 4
+
+
+class PredictionRow(NamedTuple):
+    """One sample's prediction: the line a person reads and the same row's CSV columns."""
+
+    text: str
+    values: dict[str, Any]
+
+
+def prediction_rows(
+    lesson: LightningModule,
+    inputs: Tensor,
+    predictions: Tensor,
+    names: Sequence[str],
+    class_names: Optional[Sequence[str]] = None,
+) -> list[PredictionRow]:
+    """Readable rows for a batch of a lesson's ``predict_step`` results, e.g. ``x = 6 → ŷ = 13.00`` or
+    ``point [2.0, 2.0] → class 0 (probability 100.00%)``.
+
+    A sample is shown by its values when it is a short feature vector, otherwise by its entry in ``names`` (an
+    image's file, ``sample 17``). A class is shown by its entry in ``class_names`` (``digit 7``) when given, with
+    the probability of the predicted class.
+    """
+    predictions = predictions.detach().float().cpu()
+    shown = [_describe_input(sample, name) for sample, name in zip(inputs.detach().cpu(), names)]
+    if isinstance(lesson, RegressionTask):
+        return [
+            PredictionRow(f"{text} → ŷ = {y:.2f}", {**values, "prediction": y})
+            for (text, values), y in zip(shown, map(_short, predictions.squeeze(-1).tolist()))
+        ]
+    if isinstance(lesson, BinaryTask):  # P(class 1) per sample
+        classes = (predictions > 0.5).long()
+        confidences = torch.where(classes == 1, predictions, 1 - predictions)
+    elif isinstance(lesson, MulticlassTask):  # class probabilities
+        confidences, classes = predictions.max(dim=-1)
+    else:
+        raise UserError(
+            f"predictions are printed for a RegressionTask, BinaryTask or MulticlassTask lesson; "
+            f"{type(lesson).__name__} is none of them"
+        )
+    rows = []  # binary or not, what is shown is the network's probability of the class it predicts
+    for (text, values), c, p in zip(shown, classes.tolist(), map(_short, confidences.tolist())):
+        columns = {**values, "class": c}
+        if class_names:
+            columns["name"] = class_names[c]
+        columns["probability"] = p
+        label = class_names[c] if class_names else f"class {c}"
+        rows.append(PredictionRow(f"{text} → {label} (probability {p:.2%})", columns))
+    return rows
+
+
+def _short(value: float) -> float:
+    return float(f"{value:.6g}")  # float32 has ~7 significant digits; don't print the rest as noise
+
+
+def _describe_input(sample: Tensor, name: str) -> tuple[str, dict[str, Any]]:
+    """How a prediction shows its input: ``x = 6``, ``point [2.0, 2.0]``, or the sample's name."""
+    if sample.ndim != 1 or len(sample) > _MAX_SHOWN_FEATURES:
+        return name, {"input": name}
+    values = [_short(v) for v in sample.float().tolist()]
+    if len(values) == 1:
+        return f"x = {values[0]:g}", {"x": values[0]}
+    return f"point {values}", {f"x{i}": v for i, v in enumerate(values, start=1)}
 
 
 class PredictionPrinter(Callback):
     """Prints one line per prediction, e.g. ``x = 6 → ŷ = 13.00``, and writes every row to ``output`` as CSV.
 
-    The lesson turns each batch into rows (:meth:`~gpu_lessons.models.Lesson.prediction_rows`). Samples are named by
-    the DataModule's ``predict_names`` where it has them (image files), otherwise numbered; classes by its
-    ``class_names`` where it has them. Lightning's own return of the predictions is unaffected.
-
-    A plain callback, not a ``BasePredictionWriter``: what that adds, batch indices, needs a ``DataLoader``, and
-    without one (:class:`~gpu_lessons.data.TensorBatches`) Lightning warns on every run.
+    Each batch Lightning hands over (the inputs and the lesson's ``predict_step`` outputs) becomes rows
+    (:func:`prediction_rows`). Samples are named by the DataModule's ``predict_names`` attribute where it declares
+    one (image files), otherwise numbered; classes by its ``class_names`` attribute. Lightning's own return of the
+    predictions is unaffected.
 
     Args:
         output: A CSV file to write every row to; an existing file is never overwritten.
@@ -56,12 +123,13 @@ class PredictionPrinter(Callback):
         batch_idx: int,
         dataloader_idx: int = 0,
     ) -> None:
-        inputs = batch_inputs(batch)
+        inputs = batch[0] if isinstance(batch, (tuple, list)) else batch
         first, count = len(self.rows), len(inputs)
+        # What a DataModule may declare about its samples (gpu_lessons' own all do; any other may not)
         names = getattr(trainer.datamodule, "predict_names", None)
         names = names[first : first + count] if names else [f"sample {i}" for i in range(first, first + count)]
         class_names = getattr(trainer.datamodule, "class_names", None)
-        self.rows.extend(pl_module.prediction_rows(inputs, outputs, names, class_names))
+        self.rows.extend(prediction_rows(pl_module, inputs, outputs, names, class_names))
 
     def on_predict_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         for row in self.rows[: self.max_lines]:

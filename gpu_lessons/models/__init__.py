@@ -8,9 +8,11 @@ from gpu_lessons.models.mlp import MLPLesson, MNISTNet
 from gpu_lessons.models.mnist_classifier import MNISTClassifier, MNISTClassifierLesson
 from gpu_lessons.models.regression import RegressionLesson, SimpleNet
 from gpu_lessons.models.schedulers import SchedulerLesson, SchedulerNet
+from gpu_lessons.models.tasks import BinaryTask, MulticlassTask, RegressionTask
 
 __all__ = [
     "CNN",
+    "BinaryTask",
     "BlobClassifierLesson",
     "BlobClassifierNet",
     "CNNLesson",
@@ -20,8 +22,10 @@ __all__ = [
     "MNISTClassifier",
     "MNISTClassifierLesson",
     "MNISTNet",
+    "MulticlassTask",
     "OverfitNet",
     "RegressionLesson",
+    "RegressionTask",
     "SchedulerLesson",
     "SchedulerNet",
     "SimpleNet",

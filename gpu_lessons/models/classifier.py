@@ -8,7 +8,7 @@ import torch
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor, nn
 
-from gpu_lessons.models.base import Lesson
+from gpu_lessons.models.tasks import BinaryTask
 
 
 class BlobClassifierNet(nn.Module):
@@ -28,7 +28,7 @@ class BlobClassifierNet(nn.Module):
         return self.layer2(self.relu(self.layer1(x)))
 
 
-class BlobClassifierLesson(Lesson):
+class BlobClassifierLesson(BinaryTask):
     """Binary classification of 2-D points; ``predict`` returns the probability of class 1.
 
     Args:
@@ -41,4 +41,4 @@ class BlobClassifierLesson(Lesson):
         optimizer: OptimizerCallable = torch.optim.Adam,
         scheduler: Optional[LRSchedulerCallable] = None,
     ) -> None:
-        super().__init__(BlobClassifierNet(), task="binary", optimizer=optimizer, scheduler=scheduler)
+        super().__init__(BlobClassifierNet(), optimizer=optimizer, scheduler=scheduler)

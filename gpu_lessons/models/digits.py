@@ -8,10 +8,10 @@ import torch
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import nn
 
-from gpu_lessons.models.base import Lesson
+from gpu_lessons.models.tasks import MulticlassTask
 
 
-class DigitLesson(Lesson):
+class DigitLesson(MulticlassTask):
     """10-class classification of 28×28 images (MNIST digits, or Fashion-MNIST) with the network ``net_class``
     builds; ``predict`` returns class probabilities.
 
@@ -33,7 +33,6 @@ class DigitLesson(Lesson):
     ) -> None:
         super().__init__(
             self.net_class(),
-            task="multiclass",
             num_classes=10,
             optimizer=optimizer,
             scheduler=scheduler,

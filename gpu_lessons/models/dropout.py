@@ -8,7 +8,7 @@ import torch
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor, nn
 
-from gpu_lessons.models.base import Lesson
+from gpu_lessons.models.tasks import BinaryTask
 
 
 class OverfitNet(nn.Module):
@@ -33,7 +33,7 @@ class OverfitNet(nn.Module):
         return self.fc3(x)
 
 
-class DropoutLesson(Lesson):
+class DropoutLesson(BinaryTask):
     """Binary classification of 10-D samples, with or without dropout, to see overfitting happen.
 
     Args:
@@ -48,4 +48,4 @@ class DropoutLesson(Lesson):
         optimizer: OptimizerCallable = torch.optim.Adam,
         scheduler: Optional[LRSchedulerCallable] = None,
     ) -> None:
-        super().__init__(OverfitNet(dropout), task="binary", optimizer=optimizer, scheduler=scheduler)
+        super().__init__(OverfitNet(dropout), optimizer=optimizer, scheduler=scheduler)

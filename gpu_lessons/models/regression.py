@@ -8,7 +8,7 @@ import torch
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor, nn
 
-from gpu_lessons.models.base import Lesson
+from gpu_lessons.models.tasks import RegressionTask
 
 Activation = Literal["none", "relu", "tanh", "sigmoid"]
 
@@ -33,7 +33,7 @@ class SimpleNet(nn.Module):
         return self.layer2(self.activation(self.layer1(x)))
 
 
-class RegressionLesson(Lesson):
+class RegressionLesson(RegressionTask):
     """Regression with MSE on one input: the line y = 2x + 1 (steps 7, 11) or a curve (step 8).
 
     Args:
@@ -48,4 +48,4 @@ class RegressionLesson(Lesson):
         optimizer: OptimizerCallable = torch.optim.Adam,
         scheduler: Optional[LRSchedulerCallable] = None,
     ) -> None:
-        super().__init__(SimpleNet(activation), task="regression", optimizer=optimizer, scheduler=scheduler)
+        super().__init__(SimpleNet(activation), optimizer=optimizer, scheduler=scheduler)

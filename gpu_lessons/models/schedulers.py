@@ -8,7 +8,7 @@ import torch
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor, nn
 
-from gpu_lessons.models.base import Lesson
+from gpu_lessons.models.tasks import BinaryTask
 
 
 class SchedulerNet(nn.Module):
@@ -24,7 +24,7 @@ class SchedulerNet(nn.Module):
         return self.fc2(self.relu(self.fc1(x)))
 
 
-class SchedulerLesson(Lesson):
+class SchedulerLesson(BinaryTask):
     """Binary classification whose interest is the learning rate: pick the scheduler in the config.
 
     Args:
@@ -39,4 +39,4 @@ class SchedulerLesson(Lesson):
         scheduler: Optional[LRSchedulerCallable] = None,
         monitor: str = "train/loss",
     ) -> None:
-        super().__init__(SchedulerNet(), task="binary", optimizer=optimizer, scheduler=scheduler, monitor=monitor)
+        super().__init__(SchedulerNet(), optimizer=optimizer, scheduler=scheduler, monitor=monitor)
