@@ -10,7 +10,7 @@ from lightning.pytorch import LightningDataModule
 
 from gpu_lessons import data, models
 from gpu_lessons.cli import LessonCLI
-from gpu_lessons.models.base import Lesson, factory_class
+from gpu_lessons.models import Lesson, MulticlassTask
 
 from .conftest import CONFIGS
 
@@ -68,11 +68,12 @@ def test_config_instantiates_what_it_configures(path: Path, tmp_path: Path, monk
     for name, value in optimizer_spec["init_args"].items():
         built = optimizer.defaults[name]
         assert (list(built) if isinstance(built, tuple) else built) == value, name
-    if cli.model.task == "multiclass":
-        assert cli.model.loss_fn.label_smoothing == raw["model"]["init_args"].get("label_smoothing", 0.0)
+    if isinstance(cli.model, MulticlassTask):
+        assert cli.model.criterion.label_smoothing == raw["model"]["init_args"].get("label_smoothing", 0.0)
     scheduler_spec = raw["model"]["init_args"].get("scheduler")
-    scheduler_class = factory_class(cli.model.scheduler_factory)
     if scheduler_spec is None:
-        assert scheduler_class is None
+        assert cli.model.scheduler_factory is None
     else:
-        assert scheduler_class.__name__ == scheduler_spec["class_path"].rsplit(".", 1)[-1]
+        length = {"total_steps": 10} if "total_steps" in cli.model.scheduler_factory.keywords else {}  # OneCycleLR
+        scheduler = cli.model.scheduler_factory(optimizer, **length)
+        assert type(scheduler).__name__ == scheduler_spec["class_path"].rsplit(".", 1)[-1]

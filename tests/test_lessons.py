@@ -78,21 +78,24 @@ def test_plateau_halves_the_rate_after_patience_epochs_without_improvement() -> 
     assert lrs == pytest.approx([1e-12] * 4 + [5e-13] * 3 + [2.5e-13], rel=1e-6)
 
 
-def test_plateau_on_a_validation_metric_falls_back_to_training_loss_without_validation() -> None:
-    cli = run("fit", "plateau", "--model.init_args.monitor", "val/loss", "--trainer.limit_val_batches", "0")
-    scheduler_config = cli.trainer.lr_scheduler_configs[0]
-    assert scheduler_config.monitor == "train/loss"
+def test_plateau_watches_the_monitor_it_is_given() -> None:
+    cli = run("fit", "plateau", "--model.init_args.monitor", "val/loss", "--trainer.max_epochs", "2")
+    assert cli.trainer.lr_scheduler_configs[0].monitor == "val/loss"
 
 
-def test_plateau_on_validation_that_does_not_run_every_epoch_uses_the_training_loss() -> None:
-    # validation every 10th epoch: a scheduler stepping every epoch would find no val/loss
-    cli = run("fit", "dropout", "--model.init_args.scheduler", "torch.optim.lr_scheduler.ReduceLROnPlateau",
-              "--trainer.max_epochs", "12", "--trainer.check_val_every_n_epoch", "10")
-    assert cli.trainer.lr_scheduler_configs[0].monitor == "train/loss"
-    assert cli.trainer.current_epoch == 12
+def test_plateau_on_a_validation_metric_that_is_not_there_every_epoch_is_one_clear_error(capsys) -> None:
+    # validation every 2nd epoch: the scheduler steps every epoch and finds no val/loss after the first
+    with pytest.raises(SystemExit) as exit_info:
+        run("fit", "plateau", "--model.init_args.monitor", "val/loss", "--trainer.check_val_every_n_epoch", "2")
+    assert exit_info.value.code != 0
+    err = capsys.readouterr().err
+    assert "error:" in err and "val/loss" in err and "Traceback" not in err
 
 
 def test_non_finite_weights_are_never_saved() -> None:
+    import lightning as L
+
+    from gpu_lessons.callbacks import FiniteLossGuard
     from gpu_lessons.errors import NonFiniteLossError
     from gpu_lessons.models import RegressionLesson
 
@@ -100,4 +103,4 @@ def test_non_finite_weights_are_never_saved() -> None:
     state = lesson.state_dict()
     state["net.layer2.bias"] = torch.tensor([float("inf")])
     with pytest.raises(NonFiniteLossError, match="net.layer2.bias"):
-        lesson.on_save_checkpoint({"state_dict": state})
+        FiniteLossGuard().on_save_checkpoint(L.Trainer(logger=False), lesson, {"state_dict": state})

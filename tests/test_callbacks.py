@@ -1,0 +1,86 @@
+"""The guarantee callbacks on their own, around a Trainer built in Python (the CLI adds them by default)."""
+
+from __future__ import annotations
+
+import random
+
+import lightning as L
+import pytest
+import torch
+
+from gpu_lessons.callbacks import FiniteLossGuard, RandomStates
+from gpu_lessons.data import LineDataModule, RandomFeaturesDataModule
+from gpu_lessons.errors import CheckpointError, NonFiniteLossError
+from gpu_lessons.models import DropoutLesson, RegressionLesson
+
+from .conftest import REPO
+from .helpers import PoisonWeightsAtStep
+
+
+def _trainer(tmp_path, **kwargs) -> L.Trainer:
+    return L.Trainer(logger=False, enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path, **kwargs)
+
+
+@pytest.mark.parametrize(("interval", "stopped_at"), [(None, 40), (1, 40), (32, 63)])
+def test_a_non_finite_loss_is_named_by_its_own_step_on_every_interval(tmp_path, interval, stopped_at) -> None:
+    """The accelerator path (interval 32) runs here on the CPU: the step is named exactly, training stops at the
+    next read (step 64, before its update), and nothing is saved."""
+    trainer = _trainer(tmp_path, max_epochs=2, callbacks=[FiniteLossGuard(interval), PoisonWeightsAtStep(40)])
+    with pytest.raises(NonFiniteLossError, match=r"at step 41 \(epoch 0"):
+        trainer.fit(RegressionLesson(), datamodule=LineDataModule(steps_per_epoch=100))
+    assert trainer.global_step == stopped_at
+    assert not list(tmp_path.rglob("*.ckpt"))
+
+
+def test_an_epoch_never_ends_with_a_non_finite_step_unreported(tmp_path) -> None:
+    # interval 1000 > the run's 30 steps: only the epoch end reads the record
+    trainer = _trainer(tmp_path, max_epochs=3, callbacks=[FiniteLossGuard(1000), PoisonWeightsAtStep(5)])
+    with pytest.raises(NonFiniteLossError, match="at step 6 "):
+        trainer.fit(RegressionLesson(), datamodule=LineDataModule(steps_per_epoch=10))
+    assert trainer.global_step == 10 and trainer.current_epoch == 0
+
+
+def test_a_bad_interval_is_refused() -> None:
+    with pytest.raises(ValueError, match="check_every_n_steps must be a positive integer"):
+        FiniteLossGuard(0)
+
+
+def _fit_dropout(tmp_path, epochs: int, ckpt_path=None) -> dict[str, torch.Tensor]:
+    torch.manual_seed(0)
+    trainer = _trainer(tmp_path, max_epochs=epochs, callbacks=[RandomStates()], num_sanity_val_steps=0)
+    lesson = DropoutLesson(dropout=0.5)
+    data = RandomFeaturesDataModule(num_features=10, num_train=40, num_val=20, num_test=20, steps_per_epoch=5)
+    trainer.fit(lesson, datamodule=data, ckpt_path=ckpt_path)
+    return {k: v.clone() for k, v in lesson.state_dict().items()}
+
+
+def test_a_resumed_fit_draws_the_same_dropout_masks(tmp_path) -> None:
+    whole = _fit_dropout(tmp_path / "whole", epochs=4)
+    _fit_dropout(tmp_path / "first", epochs=2)
+    checkpoint = next((tmp_path / "first").rglob("*.ckpt"))
+    random.random(), torch.rand(100)  # the resumed process's generators are elsewhere
+    resumed = _fit_dropout(tmp_path / "resumed", epochs=4, ckpt_path=checkpoint)
+    for name, tensor in whole.items():
+        assert torch.equal(tensor, resumed[name]), name
+
+
+def test_a_checkpoint_from_before_the_callback_restores_its_states_when_fitting_only(tmp_path) -> None:
+    old = torch.load(REPO / "tests/fixtures/regression_98c0fa1.ckpt", weights_only=True)
+    callback = RandomStates()
+    fitting, testing = _trainer(tmp_path), _trainer(tmp_path)
+    fitting.state.fn, testing.state.fn = "fit", "test"
+    torch.rand(3)
+    callback.on_load_checkpoint(testing, None, old)
+    assert not torch.equal(torch.get_rng_state(), old["rng_states"]["torch"])
+    callback.on_load_checkpoint(fitting, None, old)
+    assert torch.equal(torch.get_rng_state(), old["rng_states"]["torch"])
+    assert random.getstate() == old["rng_states"]["python"]
+
+
+def test_damaged_random_states_are_one_clear_error(tmp_path) -> None:
+    callback = RandomStates()
+    trainer = _trainer(tmp_path)
+    trainer.state.fn = "fit"
+    callback.on_load_checkpoint(trainer, None, {"callbacks": {callback.state_key: {}}, "state_dict": {}})
+    with pytest.raises(CheckpointError, match="random-number states are damaged"):
+        callback.load_state_dict({"torch": "not a state"})
