@@ -76,9 +76,10 @@ class Lesson(LightningModule):
         except (ValueError, TypeError) as error:
             raise UserError(f"invalid optimizer arguments: {error}") from None
         # One metric object per stage, so their states never mix. The training loss skips the mean's NaN scan (a read
-        # from the GPU every step): a NaN is FiniteLossGuard's job, and it shows in the epoch's mean.
+        # from the GPU): a NaN is FiniteLossGuard's job, and it shows in the epoch's mean.
         self.train_loss = MeanMetric(nan_strategy="disable")  # "disable" needs torchmetrics >= 1.6.2
         self.train_metric = train_metric
+        self.train_step_outputs: list[tuple[Tensor, Tensor, Tensor]] = []  # this epoch's, fed to the metrics at its end
         self.val_metric = eval_metric()
         self.test_metric = eval_metric()
         self.val_metric_best = best_metric
@@ -164,16 +165,21 @@ class Lesson(LightningModule):
         self.val_metric_best.reset()
 
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
-        """One optimisation step. Loss and metric only accumulate on the device here (``update``, no ``self.log``):
-        a per-step ``self.log`` costs about a millisecond of Python, more than a small model's whole step on a GPU."""
+        """One optimisation step. Its loss, predictions and targets are kept, on the device, for the epoch's metrics:
+        a per-step ``self.log`` or metric update costs 0.1-1 ms of Python, more than a small model's whole step."""
         loss, preds, targets = self.model_step(batch)
-        self.train_loss.update(loss.detach())
-        self.train_metric.update(preds, targets)
+        self.train_step_outputs.append((loss.detach(), preds, targets))
         return loss
 
     def on_train_epoch_end(self) -> None:
-        """Log the epoch's mean training loss and metric; logging the metric objects lets Lightning compute (and
-        sync across processes) and reset them."""
+        """Log the epoch's mean training loss and metric: the step outputs go into the metric objects in one update
+        each (the same values as one update per step), and logging the objects lets Lightning compute them (synced
+        across processes) and reset them."""
+        if self.train_step_outputs:
+            losses, preds, targets = zip(*self.train_step_outputs)
+            self.train_step_outputs.clear()
+            self.train_loss.update(torch.stack(losses))
+            self.train_metric.update(torch.cat(preds), torch.cat(targets))
         self.log("train/loss", self.train_loss, prog_bar=True)
         self.log(f"train/{self.metric_name}", self.train_metric, prog_bar=True)
 
