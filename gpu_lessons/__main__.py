@@ -1,4 +1,5 @@
-"""``python -m gpu_lessons ...`` runs the lessons' CLI."""
+"""``python -m gpu_lessons ...``: the ``gpu-lessons`` command (fit, validate, test, predict, lessons, export,
+pictures, doctor)."""
 
 from gpu_lessons.cli import main
 

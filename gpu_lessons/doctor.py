@@ -1,4 +1,4 @@
-"""``python -m gpu_lessons.doctor``: is this machine ready for the course, and how fast is its GPU?
+"""``gpu-lessons doctor``: is this machine ready for the course, and how fast is its GPU?
 
 The course's first checks in one report (learning-gpu-programming steps 1-4, pytorch-fundamentals concepts 1-2):
 the torch build and its CUDA and cuDNN versions, the GPUs torch can see (or why it sees none, and how to fix that),
@@ -19,6 +19,7 @@ from typing import Optional, Union
 import torch
 
 from gpu_lessons.cuda import cuda_unavailable_reason
+from gpu_lessons.errors import EXIT_FAILED, CommandParser, run_command
 
 
 def environment_report() -> list[str]:
@@ -139,21 +140,27 @@ def _print_section(title: str, lines: list[str]) -> None:
         print(f"  {line}")
 
 
-def main(argv: Optional[list[str]] = None, prog: str = "python -m gpu_lessons.doctor") -> int:
-    """Print the report; return 0 if every check that could run passed, else 1."""
-    parser = argparse.ArgumentParser(prog=prog, description=__doc__.splitlines()[0])
+def _parser(prog: str) -> argparse.ArgumentParser:
+    parser = CommandParser(prog=prog, description="Is this machine ready for the course, and how fast is its GPU?")
     parser.add_argument(
         "--size", type=_matrix_size, default=4096, help=f"N of the N×N matrices (default 4096, at most {MAX_SIZE})"
     )
     parser.add_argument("--repeats", type=_positive_int, default=5, help="timed runs, median reported (default 5)")
-    args = parser.parse_args(argv)
+    return parser
 
+
+def _doctor(args: argparse.Namespace) -> int:
     _print_section("Environment", environment_report())
     _print_section("GPU", gpu_report())
     _print_section("Matrix multiply", matmul_report(args.size, args.repeats))
     autograd_lines, passed = autograd_report()
     _print_section("Autograd", autograd_lines)
-    return 0 if passed else 1
+    return 0 if passed else EXIT_FAILED
+
+
+def main(argv: Optional[list[str]] = None, prog: str = "gpu-lessons doctor") -> int:
+    """Print the report; exit code 0 if every check that could run passed, else 1 (:mod:`gpu_lessons.errors`)."""
+    return run_command(lambda: _doctor(_parser(prog).parse_args(argv)))
 
 
 if __name__ == "__main__":

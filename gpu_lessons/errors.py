@@ -1,15 +1,44 @@
-"""Errors the CLI reports as one ``error:`` line instead of a traceback: the user can fix them."""
+"""Errors the user can fix, and the one path by which every ``gpu-lessons`` subcommand reports them.
 
+Every subcommand (Lightning's fit, validate, test and predict, and lessons, export, pictures, doctor) ends the same
+way: a problem the user can fix is one ``error:`` line on stderr, no traceback, and one of these exit codes.
+
+* 0: done.
+* 1 (``EXIT_FAILED``): it ran and failed: a non-finite loss, a full disk or a file the machine will not let it
+  write or read, a doctor check.
+* 2 (``EXIT_BAD_INPUT``): bad input, refused: an argument, a config, a checkpoint, a dataset, an output file that
+  already exists.
+* 143 (``EXIT_SIGTERM``, 128 + SIGTERM): stopped by SIGTERM, after saving the run's ``last.ckpt``.
+
+Anything else is a bug, and keeps its traceback.
+"""
+
+import argparse
 import difflib
+import errno
 import inspect
 import re
 import sys
+from typing import Callable, NoReturn, Optional
+
+from jsonargparse import ArgumentError
+from lightning.pytorch.utilities.exceptions import MisconfigurationException, SIGTERMException
+
+EXIT_FAILED = 1
+EXIT_BAD_INPUT = 2
+EXIT_SIGTERM = 143
+
+# OSErrors that describe the machine (disk, permissions, paths), not a bug
+_MACHINE_ERRNOS = {
+    errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.ELOOP, errno.ENOTDIR, errno.EISDIR,
+    errno.ENAMETOOLONG, errno.EMFILE, errno.EIO, errno.EEXIST,
+}
 
 
 class UserError(Exception):
-    """A problem with the user's input, files or machine. ``exit_code`` is what the CLI exits with."""
+    """A problem with the user's input, files or machine. ``exit_code`` is what the command exits with."""
 
-    exit_code = 2
+    exit_code = EXIT_BAD_INPUT
 
 
 class CheckpointError(UserError):
@@ -27,12 +56,61 @@ class DatasetMissingError(DatasetError):
 class NonFiniteLossError(UserError, FloatingPointError):
     """Training diverged: the loss (or the weights about to be saved) became NaN or infinite."""
 
-    exit_code = 1
+    exit_code = EXIT_FAILED
+
+
+class OutputExistsError(UserError, FileExistsError):
+    """A file a command would write is already there: no command writes over a file unless told to."""
+
+    def __init__(self, path: object) -> None:
+        super().__init__(f"{path} already exists and was left as it is; delete or rename it, or choose another name")
 
 
 def print_error(message: object) -> None:
-    """Report a problem the way the CLI does: one ``error:`` line on stderr."""
+    """Report a problem the way every command does: one ``error:`` line on stderr."""
     sys.stderr.write(f"error: {message}\n")
+
+
+def exit_code(error: BaseException) -> Optional[int]:
+    """The one error path: for a problem the user can fix, print its one line and return the exit code (see the
+    module docstring); for anything else (a bug) print nothing and return ``None``, for the caller to re-raise."""
+    if isinstance(error, SIGTERMException):  # not an error: the run was asked to stop, and saved where it was
+        sys.stderr.write("stopped by SIGTERM\n")
+        return EXIT_SIGTERM
+    if isinstance(error, UserError):
+        print_error(error)
+        return error.exit_code
+    if isinstance(error, ArgumentError):  # jsonargparse's (the CLI's parser has exit_on_error=False)
+        print_error(one_line(error))
+        return EXIT_BAD_INPUT
+    if isinstance(error, MisconfigurationException):  # Lightning's word for a setting that does not work
+        print_error(f"invalid configuration: {one_line(error)}")
+        return EXIT_BAD_INPUT
+    if isinstance(error, OSError) and error.errno in _MACHINE_ERRNOS:
+        # a full disk, a read-only or unwritable folder: the files already written are intact (atomic saves)
+        where = f"{error.filename}: " if error.filename else ""
+        print_error(f"cannot write or read {where}{error.strerror or error}")
+        return EXIT_FAILED
+    return None
+
+
+def run_command(command: Callable[[], int]) -> int:
+    """Run a subcommand through :func:`exit_code`: its own exit code, or the one of the error it raised."""
+    try:
+        return command()
+    except Exception as error:
+        code = exit_code(error)
+        if code is None:
+            raise
+        return code
+
+
+class CommandParser(argparse.ArgumentParser):
+    """An ``argparse`` parser whose errors (a missing or unknown option, a bad value) are a :class:`UserError`, for
+    :func:`run_command` to report in one line like any other, instead of printing the usage and exiting."""
+
+    def error(self, message: str) -> NoReturn:
+        raise UserError(f"{message} (see {self.prog} --help)")
 
 
 _JSONARGPARSE_NOISE = (

@@ -27,8 +27,8 @@ from typing import Optional
 import yaml
 from lightning.pytorch.cli import LightningArgumentParser
 
-from gpu_lessons.checkpointing import write_atomically
-from gpu_lessons.errors import UserError, print_error
+from gpu_lessons.checkpointing import write_new_file
+from gpu_lessons.errors import CommandParser, UserError, run_command
 from gpu_lessons.models.base import Lesson
 
 _LESSON_NAME = re.compile(r"(\./)?(configs/)?(?P<name>[A-Za-z0-9_-]+)(\.ya?ml)?")
@@ -143,16 +143,9 @@ def text_table(lessons: list[LessonInfo]) -> str:
 
 
 def copy_config(name: str, folder: Path = Path(".")) -> Path:
-    """Write the shipped config of ``name`` to ``folder/<name>.yaml`` to edit; an existing file is never replaced."""
-    target = folder / f"{name}.yaml"
-    source = _shipped(name)
-    try:  # linked into place: an existing file (or a link, even a dangling one) is refused, never replaced
-        write_atomically(target, lambda file: file.write(source.read_bytes()), overwrite=False)
-    except FileExistsError:
-        raise UserError(f"{target} already exists; it was left as it is (delete or rename it to copy {name} again)") from None
-    except OSError as error:
-        raise UserError(f"cannot write {target}: {error.strerror or error}") from None
-    return target
+    """Write the shipped config of ``name`` to ``folder/<name>.yaml`` to edit; an existing file (or a link, even a
+    dangling one) is never replaced (:class:`~gpu_lessons.errors.OutputExistsError`)."""
+    return write_new_file(folder / f"{name}.yaml", _shipped(name).read_bytes())
 
 
 def _shipped(name: str) -> Path:
@@ -162,22 +155,25 @@ def _shipped(name: str) -> Path:
     return shipped[name]
 
 
-def main(argv: Optional[list[str]] = None, prog: str = "gpu-lessons lessons") -> int:
-    """List the lessons, or copy one's config into the current folder."""
-    parser = argparse.ArgumentParser(prog=prog, description="The lessons this package ships, and what each reaches.")
+def _parser(prog: str) -> argparse.ArgumentParser:
+    parser = CommandParser(prog=prog, description="The lessons this package ships, and what each reaches.")
     parser.add_argument("--copy", metavar="LESSON", help="write LESSON's config to ./LESSON.yaml (never over a file)")
     parser.add_argument("--markdown", action="store_true", help="print the table as Markdown (the README's)")
-    args = parser.parse_args(argv)
-    try:
-        if args.copy is not None:
-            target = copy_config(args.copy)
-            print(f"wrote {target}: change it, then run it with `gpu-lessons fit --config {target}`")
-            return 0
-        lessons = [describe(name) for name in shipped_configs()]
-    except UserError as error:
-        print_error(error)
-        return error.exit_code
+    return parser
+
+
+def _lessons(args: argparse.Namespace) -> int:
+    if args.copy is not None:
+        target = copy_config(args.copy)
+        print(f"wrote {target}: change it, then run it with `gpu-lessons fit --config {target}`")
+        return 0
+    lessons = [describe(name) for name in shipped_configs()]
     print(markdown_table(lessons) if args.markdown else text_table(lessons))
     if not args.markdown:
         print("\nRun one with `gpu-lessons fit --config NAME`; `gpu-lessons lessons --copy NAME` writes NAME.yaml to edit.")
     return 0
+
+
+def main(argv: Optional[list[str]] = None, prog: str = "gpu-lessons lessons") -> int:
+    """List the lessons, or copy one's config into the current folder; the exit code (:mod:`gpu_lessons.errors`)."""
+    return run_command(lambda: _lessons(_parser(prog).parse_args(argv)))

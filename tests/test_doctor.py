@@ -1,4 +1,4 @@
-"""``python -m gpu_lessons.doctor``: the report, the no-GPU explanations, the timing and the exit code."""
+"""``gpu-lessons doctor``: the report, the no-GPU explanations, the timing and the exit code."""
 
 from __future__ import annotations
 
@@ -68,7 +68,11 @@ def test_time_matmul_reports_the_median_of_the_timed_runs(monkeypatch: pytest.Mo
 
 @pytest.mark.parametrize("option", ["--size", "--repeats"])
 def test_sizes_and_repeats_must_be_positive(option: str, capsys: pytest.CaptureFixture) -> None:
-    with pytest.raises(SystemExit) as exit_info:
-        doctor.main([option, "0"])
-    assert exit_info.value.code == 2
-    assert "must be at least 1, got 0" in capsys.readouterr().err
+    assert doctor.main([option, "0"]) == 2
+    assert capsys.readouterr().err == f"error: argument {option}: must be at least 1, got 0 (see gpu-lessons doctor --help)\n"
+
+
+def test_a_size_beyond_memory_is_refused_before_anything_is_timed(capsys: pytest.CaptureFixture) -> None:
+    assert doctor.main(["--size", "200000"]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == "" and captured.err.startswith("error: argument --size: at most 16384 (three 200000×200000")

@@ -101,7 +101,7 @@ def test_an_existing_output_is_kept_unless_overwrite(
     command = ["--ckpt_path", str(checkpoint), "--output", "cnn.pth", "--lesson", "CNNLesson"]
     assert main(command) == 2
     assert capsys.readouterr().err == (
-        "error: cnn.pth already exists; pass --overwrite (overwrite=True) to replace it\n"
+        "error: cnn.pth already exists and was left as it is; delete or rename it, or choose another name\n"
     )
     assert (workdir / "cnn.pth").read_bytes() == b"my own weights"
     with pytest.raises(FileExistsError, match="cnn.pth already exists"):
