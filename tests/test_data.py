@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 
 from gpu_lessons.data import (
     BlobsDataModule,
@@ -15,7 +16,7 @@ from gpu_lessons.data import (
     LineDataModule,
     MNISTDataModule,
     RandomFeaturesDataModule,
-    TensorBatches,
+    ResumableDataLoader,
 )
 from gpu_lessons.errors import DatasetError, UserError
 
@@ -25,9 +26,15 @@ from .conftest import write_idx_dataset
 # --- the batch path -------------------------------------------------------------------------------------------
 
 
+def loader(*tensors: torch.Tensor, **sampler_options) -> ResumableDataLoader:
+    """What TensorDataModule serves: a DataLoader whose sampler's items are whole batches of indices."""
+    dataset = TensorDataset(*tensors)
+    return ResumableDataLoader(dataset, batch_size=None, sampler=EpochPermutation(dataset, **sampler_options))
+
+
 def test_permutation_is_reproducible_and_changes_every_epoch() -> None:
-    first = EpochPermutation(100, shuffle=True, seed=7)
-    again = EpochPermutation(100, shuffle=True, seed=7)
+    first = EpochPermutation(range(100), shuffle=True, seed=7)
+    again = EpochPermutation(range(100), shuffle=True, seed=7)
     assert torch.equal(first.indices(), again.indices())
     epoch0 = first.indices()
     first.set_epoch(1)
@@ -35,40 +42,97 @@ def test_permutation_is_reproducible_and_changes_every_epoch() -> None:
     assert sorted(first.indices().tolist()) == list(range(100))
 
 
-def test_shards_are_disjoint_and_even_for_training() -> None:
-    shards = [EpochPermutation(103, shuffle=True, seed=1, rank=r, world_size=4, even=True) for r in range(4)]
+def test_training_shards_are_disjoint_even_and_distributed_samplers_own() -> None:
+    """The order and shards DistributedSampler(drop_last=True) gives, so runs and old checkpoints reproduce."""
+    shards = [EpochPermutation(range(103), shuffle=True, seed=1, rank=r, num_replicas=4, even=True) for r in range(4)]
+    for shard in shards:
+        shard.set_epoch(3)
     indices = [s.indices().tolist() for s in shards]
-    assert {len(i) for i in indices} == {25} == {len(s) for s in shards}
+    assert {len(i) for i in indices} == {25} == {s.num_samples for s in shards}
     flat = [i for shard in indices for i in shard]
     assert len(flat) == len(set(flat)) == 100
+    for rank, shard in enumerate(indices):
+        torch_sampler = DistributedSampler(range(103), num_replicas=4, rank=rank, shuffle=True, seed=1, drop_last=True)
+        torch_sampler.set_epoch(3)
+        assert shard == list(torch_sampler)
 
 
 def test_eval_shards_cover_every_sample_exactly_once() -> None:
-    shards = [EpochPermutation(103, shuffle=False, rank=r, world_size=4, even=False) for r in range(4)]
+    shards = [EpochPermutation(range(103), rank=r, num_replicas=4, even=False) for r in range(4)]
     flat = sorted(i for s in shards for i in s.indices().tolist())
     assert flat == list(range(103))
-    assert [len(s) for s in shards] == [len(s.indices()) for s in shards]
+    assert [s.num_samples for s in shards] == [len(s.indices()) for s in shards] == [26, 26, 26, 25]
 
 
-def test_tensor_batches_slice_matching_rows() -> None:
+def test_batches_slice_matching_rows_with_index_tensors_on_the_datas_device() -> None:
     x = torch.arange(10).float().unsqueeze(1)
     y = torch.arange(10) * 10
-    batches = TensorBatches(x, y, batch_size=4, sampler=EpochPermutation(10, shuffle=True, seed=0))
-    assert len(batches) == 3
+    batches = loader(x, y, batch_size=4, shuffle=True, seed=0)
+    assert isinstance(batches, DataLoader) and len(batches) == 3
+    assert all(index.device == x.device and index.dtype == torch.int64 for index in batches.sampler)
     seen = []
     for bx, by in batches:
         assert torch.equal(by, bx.squeeze(1).long() * 10)
         seen += by.tolist()
     assert sorted(seen) == list(range(0, 100, 10))
-    assert len(TensorBatches(x, y, batch_size=4, drop_last=True)) == 2
-    assert len(TensorBatches(x, y, batch_size=None)) == 1
+    assert len(loader(x, y, batch_size=None)) == 1
 
 
-def test_tensor_batches_reject_bad_input() -> None:
-    with pytest.raises(ValueError, match="equal length"):
-        TensorBatches(torch.zeros(3), torch.zeros(4), batch_size=2)
+def test_fetching_a_batch_is_one_indexing_op_that_reads_nothing_back() -> None:
+    """The permutation goes to the device once per epoch; each batch after that is a slice of it and one gather."""
+    from .test_hot_path import HostReads
+
+    x, y = torch.randn(100, 3), torch.arange(100)
+    batches = iter(loader(x, y, batch_size=10, shuffle=True, seed=0))
+    next(batches)  # draws the epoch's permutation
+    with HostReads() as recorder:
+        for _ in range(9):
+            next(batches)
+    assert recorder.reads == []
+
+
+def test_a_sampler_rejects_bad_input() -> None:
     with pytest.raises(ValueError, match="batch_size must be a positive integer"):
-        TensorBatches(torch.zeros(3), batch_size=0)
+        EpochPermutation(range(3), batch_size=0)
+    with pytest.raises(ValueError, match="passes must be a positive integer"):
+        EpochPermutation(range(3), passes=0)
+    with pytest.raises(ValueError, match="Invalid rank 2"):
+        EpochPermutation(range(3), rank=2, num_replicas=2)
+
+
+def test_lightning_keeps_the_sampler_under_ddp_and_when_predicting() -> None:
+    """Lightning re-instantiates DataLoaders to inject a DistributedSampler (use_distributed_sampler, its default)
+    and, when predicting, to track batch indices; neither may change the order or the shards."""
+    from lightning.pytorch.trainer.states import RunningStage
+    from lightning.pytorch.utilities.data import _is_dataloader_shuffled, _update_dataloader
+
+    batches = loader(torch.arange(10), batch_size=3, shuffle=True, seed=5, rank=1, num_replicas=2)
+    assert isinstance(batches.sampler, DistributedSampler)  # so Lightning does not wrap it in its own
+    assert not _is_dataloader_shuffled(loader(torch.arange(10), batch_size=3))  # no "shuffled val loader" warning
+    predicting = _update_dataloader(batches, batches.sampler, mode=RunningStage.PREDICTING)
+    assert predicting.sampler is batches.sampler
+    assert [b[0].tolist() for b in predicting] == [b[0].tolist() for b in batches]
+
+
+def test_a_dataloader_leaves_the_global_random_state_alone() -> None:
+    """Each iter() of a DataLoader draws a worker seed; from the global generator it would change dropout's masks."""
+    datamodule = LineDataModule()
+    datamodule.setup("fit")
+    before = torch.get_rng_state()
+    for _ in range(3):
+        list(datamodule.train_dataloader())
+    assert torch.equal(torch.get_rng_state(), before)
+
+
+def test_setup_builds_the_splits_once_and_owns_them(tiny_mnist: Path) -> None:
+    datamodule = LineDataModule()
+    datamodule.setup("fit")
+    built = datamodule.splits
+    datamodule.setup("test")
+    assert all(datamodule.splits[name][0] is built[name][0] for name in built)  # not built again
+    assert datamodule.class_names is None and datamodule.predict_names is None
+    mnist = MNISTDataModule(data_dir=tiny_mnist, download=False)
+    assert mnist.class_names[7] == "digit 7" and mnist.predict_names is None
 
 
 # --- synthetic data ---------------------------------------------------------------------------------------------
@@ -228,28 +292,43 @@ def test_gz_archives_are_unpacked_offline(tmp_path: Path) -> None:
     assert len(dm.splits["train"][0]) == 40 and len(dm.splits["test"][0]) == 20
 
 
-def test_tensor_batches_resume_mid_epoch_at_the_next_unseen_batch() -> None:
+def test_batches_resume_mid_epoch_at_the_next_unseen_batch() -> None:
     x = torch.arange(10)
-    full = TensorBatches(x, batch_size=3, sampler=EpochPermutation(10, shuffle=True, seed=5))
+    full = loader(x, batch_size=3, shuffle=True, seed=5)
     full.sampler.set_epoch(2)
     expected = [b[0].tolist() for b in full]
     partial = iter(full)
     next(partial), next(partial)
     state = full.state_dict()
-    assert state == {"epoch": 2, "batches_trained": 2, "batch_size": 3, "passes": 1}
-    resumed = TensorBatches(x, batch_size=3, sampler=EpochPermutation(10, shuffle=True, seed=5))
+    assert state == {"epoch": 2, "batches_trained": 2, "batch_size": 3, "passes": 1}  # the keys checkpoints hold
+    resumed = loader(x, batch_size=3, shuffle=True, seed=5)
     resumed.load_state_dict(state)
     assert [b[0].tolist() for b in resumed] == expected[2:]
     assert len([b for b in resumed]) == 4  # the skip applies to the resumed epoch only
 
 
 def test_a_mid_epoch_resume_with_another_batch_size_is_refused_and_an_epoch_end_one_is_not() -> None:
-    x = torch.arange(10)
-    resumed = TensorBatches(x, batch_size=4, sampler=EpochPermutation(10, shuffle=True, seed=5))
+    resumed = loader(torch.arange(10), batch_size=4, shuffle=True, seed=5)
     with pytest.raises(UserError, match="stopped mid-epoch after 2 batches of 3; resume it with batch_size 3"):
         resumed.load_state_dict({"epoch": 2, "batches_trained": 2, "batch_size": 3})
     resumed.load_state_dict({"epoch": 2, "batches_trained": 4, "batch_size": 3})  # 4 batches of 3: the epoch's end
     assert sum(len(b[0]) for b in resumed) == 10  # a whole new epoch, nothing skipped
+
+
+def test_the_loop_state_of_a_checkpoint_from_before_the_dataloader_still_resumes(tmp_path: Path) -> None:
+    """tests/fixtures/regression_98c0fa1.ckpt: 2 epochs of 100 full-batch steps, saved by the old TensorBatches."""
+    from .conftest import REPO
+
+    checkpoint = torch.load(REPO / "tests/fixtures/regression_98c0fa1.ckpt", weights_only=True)
+    [state] = checkpoint["loops"]["fit_loop"]["state_dict"]["combined_loader"]
+    datamodule = LineDataModule(steps_per_epoch=100)
+    datamodule.setup("fit")
+    uninterrupted = datamodule.train_dataloader()
+    uninterrupted.sampler.set_epoch(2)
+    resumed = datamodule.train_dataloader()
+    resumed.load_state_dict(state)  # the end of epoch 1: Lightning then starts epoch 2
+    resumed.sampler.set_epoch(2)
+    assert [b[0].tolist() for b in resumed] == [b[0].tolist() for b in uninterrupted]
 
 
 def _damage(raw: Path, case: str) -> None:

@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from torch.utils.data import TensorDataset
 
 from gpu_lessons import progress
-from gpu_lessons.data import LineDataModule, RandomFeaturesDataModule
-from gpu_lessons.data.batches import EpochPermutation, TensorBatches
+from gpu_lessons.data import EpochPermutation, LineDataModule, RandomFeaturesDataModule, ResumableDataLoader
 from gpu_lessons.errors import UserError
 
 from .conftest import REPO
@@ -38,11 +38,17 @@ def test_steps_per_epoch_trains_bit_identical_weights(lesson: str, total_steps: 
     assert all(torch.equal(first[name], second[name]) for name in first)
 
 
+def _passes(passes: int) -> ResumableDataLoader:
+    """Full-batch training on 6 samples, ``passes`` steps per epoch, as TensorDataModule serves it."""
+    dataset = TensorDataset(torch.arange(6))
+    sampler = EpochPermutation(dataset, shuffle=True, seed=3, passes=passes)
+    return ResumableDataLoader(dataset, batch_size=None, sampler=sampler)
+
+
 def test_an_epoch_of_passes_draws_the_orders_one_pass_epochs_would() -> None:
-    x = torch.arange(6)
-    long = TensorBatches(x, batch_size=None, sampler=EpochPermutation(6, shuffle=True, seed=3), passes=4)
+    long = _passes(4)
     long.sampler.set_epoch(1)
-    short = TensorBatches(x, batch_size=None, sampler=EpochPermutation(6, shuffle=True, seed=3))
+    short = _passes(1)
     expected = []
     for epoch in range(4, 8):  # epoch 1 of 4 passes = one-pass epochs 4..7
         short.sampler.set_epoch(epoch)
@@ -51,19 +57,14 @@ def test_an_epoch_of_passes_draws_the_orders_one_pass_epochs_would() -> None:
 
 
 def test_a_mid_epoch_resume_keeps_its_position_and_refuses_other_steps_per_epoch() -> None:
-    x = torch.arange(6)
-
-    def batches(passes: int) -> TensorBatches:
-        return TensorBatches(x, batch_size=None, sampler=EpochPermutation(6, shuffle=True, seed=3), passes=passes)
-
-    uninterrupted = batches(5)
+    uninterrupted = _passes(5)
     uninterrupted.sampler.set_epoch(2)
     whole_epoch = [batch[0].tolist() for batch in uninterrupted]
     state = {"epoch": 2, "batches_trained": 3, "batch_size": 6, "passes": 5}
-    resumed = batches(5)
+    resumed = _passes(5)
     resumed.load_state_dict(state)
     assert [batch[0].tolist() for batch in resumed] == whole_epoch[3:]  # the epoch's last two steps, in their orders
-    other = batches(4)
+    other = _passes(4)
     with pytest.raises(UserError, match="resume it with steps_per_epoch 5 \\(not 4\\)"):
         other.load_state_dict(state)
     other.load_state_dict({**state, "batches_trained": 5})  # at the epoch's end any steps_per_epoch resumes

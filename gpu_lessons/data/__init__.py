@@ -1,6 +1,6 @@
 """LightningDataModules for the course's synthetic datasets and for (Fashion-)MNIST."""
 
-from gpu_lessons.data.batches import EpochPermutation, TensorBatches
+from gpu_lessons.data.batches import EpochPermutation, ResumableDataLoader
 from gpu_lessons.data.image_folder import ImageFolderDataModule
 from gpu_lessons.data.mnist import DatasetError, DatasetMissingError, MNISTDataModule, preprocess
 from gpu_lessons.data.synthetic import BlobsDataModule, CurveDataModule, LineDataModule, RandomFeaturesDataModule
@@ -16,7 +16,7 @@ __all__ = [
     "LineDataModule",
     "MNISTDataModule",
     "RandomFeaturesDataModule",
-    "TensorBatches",
+    "ResumableDataLoader",
     "TensorDataModule",
     "preprocess",
 ]

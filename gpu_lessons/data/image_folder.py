@@ -8,7 +8,7 @@ from typing import Any, Optional, Union
 import torch
 from torchvision.datasets.folder import find_classes, make_dataset
 
-from gpu_lessons.data.images import IMAGE_SUFFIXES, decode_digits
+from gpu_lessons.data.images import IMAGE_SUFFIXES, decode_digits, printable
 from gpu_lessons.data.mnist import preprocess_batch
 from gpu_lessons.data.tensor_datamodule import Split, TensorDataModule
 from gpu_lessons.errors import UserError
@@ -59,15 +59,17 @@ class ImageFolderDataModule(TensorDataModule):
         self.save_hyperparameters()
         self.hparams.root = str(root)  # plain data, so checkpoints stay loadable with weights_only=True
         self.root = Path(root)
-        self.class_names: list[str] = []  # how predictions name the classes, set by setup()
 
     def build_splits(self) -> dict[str, Split]:
-        images, labels = self._read_pictures()
+        """The pictures split into train/val/test; also names the classes and the test pictures (what predict
+        serves)."""
+        images, labels, names = self._read_pictures()
         order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(self.seed))
         sizes = [self._held_out(len(labels), self.hparams.test_fraction), self._held_out(len(labels), self.hparams.val_fraction)]
         if len(labels) - sum(sizes) < 1:
             raise UserError(f"{self.root}: {len(labels)} readable pictures are too few to split into train, val and test")
         test, val, train = order[: sizes[0]], order[sizes[0] : sum(sizes)], order[sum(sizes) :]
+        self.predict_names = [names[i] for i in test.tolist()]
         splits = {"train": (images[train], labels[train])}
         for name, indices in (("val", val), ("test", test)):
             if len(indices):
@@ -78,8 +80,8 @@ class ImageFolderDataModule(TensorDataModule):
     def _held_out(total: int, fraction: float) -> int:
         return max(1, round(total * fraction)) if fraction > 0 else 0
 
-    def _read_pictures(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """Every picture under ``root``'s class folders as uint8 digits, and their labels."""
+    def _read_pictures(self) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+        """Every picture under ``root``'s class folders as uint8 digits, their labels and their file names."""
         if not self.root.is_dir():
             raise UserError(f"data.root {self.root}: {'not a folder' if self.root.exists() else 'does not exist'}")
         try:
@@ -114,21 +116,22 @@ class ImageFolderDataModule(TensorDataModule):
         # how predictions name the classes; a network's unused outputs get a name too
         extra = [f"class {i}" for i in range(len(folders), num_classes)]
         self.class_names = [f"digit {i}" for i in range(num_classes)] if by_digit else [*folders, *extra]
-        return torch.stack(digits), torch.tensor(labels, dtype=torch.long)
+        return torch.stack(digits), torch.tensor(labels, dtype=torch.long), [printable(path) for path in read]
 
     def val_dataloader(self) -> Any:
         """The held-out validation pictures (none with ``val_fraction`` 0)."""
-        return self._batches("val", train=False) if "val" in self.splits else []
+        return self._loader(self.splits["val"], train=False) if "val" in self.splits else []
 
     def test_dataloader(self) -> Any:
         """The held-out test pictures (none with ``test_fraction`` 0)."""
-        return self._batches("test", train=False) if "test" in self.splits else []
+        return self._loader(self.splits["test"], train=False) if "test" in self.splits else []
 
     def predict_dataloader(self) -> Any:
-        """The held-out test pictures (to predict other pictures, use ``predict_images`` of the MNIST DataModule)."""
+        """The held-out test pictures, named by ``predict_names`` (to predict other pictures, use
+        ``predict_images`` of the MNIST DataModule)."""
         if "test" not in self.splits:
             raise UserError(f"data.root {self.root}: predict uses the test pictures, and test_fraction is 0")
-        return self._batches("test", train=False)
+        return self._loader(self.splits["test"], train=False)
 
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
         """Normalise a batch as the MNIST lessons expect (:func:`~gpu_lessons.data.mnist.preprocess`), on its device."""

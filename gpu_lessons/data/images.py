@@ -64,7 +64,7 @@ def read_digits(source: Union[str, Path]) -> tuple[Tensor, list[str]]:
     digits, read = decode_digits(paths)
     if not digits:
         raise UserError(f"predict_images: none of the {len(paths)} files in {source} could be read")
-    return torch.stack(digits), [_printable(path) for path in read]
+    return torch.stack(digits), [printable(path) for path in read]
 
 
 def decode_digits(paths: list[Path]) -> tuple[list[Tensor], list[Path]]:
@@ -76,10 +76,10 @@ def decode_digits(paths: list[Path]) -> tuple[list[Tensor], list[Path]]:
         try:
             image = _decode(path)
         except PIL.UnidentifiedImageError:
-            failures.append(f"{_printable(path)}: cannot read image (not a PNG or JPEG file, or a corrupt one)")
+            failures.append(f"{printable(path)}: cannot read image (not a PNG or JPEG file, or a corrupt one)")
             continue
         except Exception as error:  # corrupt files make PIL raise OSError, SyntaxError, ValueError, ...
-            failures.append(f"{_printable(path)}: cannot read image ({error})")
+            failures.append(f"{printable(path)}: cannot read image ({error})")
             continue
         digits.append(mnist_digit(image))
         read.append(path)
@@ -90,7 +90,7 @@ def decode_digits(paths: list[Path]) -> tuple[list[Tensor], list[Path]]:
     return digits, read
 
 
-def _printable(path: Path) -> str:
+def printable(path: Path) -> str:
     """The path as text that prints and writes to UTF-8 anywhere: bytes of a file name that are not UTF-8 (Python
     keeps them as lone surrogates, which fail to encode) become U+FFFD."""
     return str(path).encode("utf-8", "surrogateescape").decode("utf-8", "replace")

@@ -107,7 +107,7 @@ class MNISTDataModule(TensorDataModule):
         # How predictions name the classes: "digit 7", "Ankle boot".
         self.class_names = [f"digit {i}" for i in range(10)] if dataset == "mnist" else list(self.dataset_class.classes)
         self._torchvision_splits: dict[str, Any] = {}
-        self.predict_names: list[str] = []  # the files of ``predict_images``, in prediction order
+        self.predict_pictures: Optional[Tensor] = None  # ``predict_images`` as uint8 digits; their files: predict_names
 
     @property
     def raw_folder(self) -> Path:
@@ -219,9 +219,9 @@ class MNISTDataModule(TensorDataModule):
         """Load the splits once; with ``loader="tensor"`` they go to the training device. Predicting
         ``predict_images`` reads only those."""
         if stage == "predict" and self.hparams.predict_images is not None:
-            if "predict" not in self.splits:  # served by the base class's predict split, like the synthetic data's
-                digits, self.predict_names = read_digits(self.hparams.predict_images)
-                self.splits = {**self.splits, "predict": (digits.to(self._device()),)}
+            if self.predict_pictures is None:
+                self.predict_pictures, self.predict_names = read_digits(self.hparams.predict_images)
+            self.predict_pictures = self.predict_pictures.to(self._device())
         elif self.hparams.loader == "tensor":
             super().setup(stage)
         elif not self._torchvision_splits:
@@ -236,7 +236,7 @@ class MNISTDataModule(TensorDataModule):
 
     def _dataloader(self, split: str, *, train: bool) -> Any:
         if self.hparams.loader == "tensor":
-            return self._batches(split, train=train)
+            return self._loader(self._split(split), train=train)
         return DataLoader(
             self._torchvision_splits[split],
             batch_size=self.batch_size if train else self.eval_batch_size,
@@ -261,8 +261,8 @@ class MNISTDataModule(TensorDataModule):
 
     def predict_dataloader(self) -> Any:
         """The pictures of ``predict_images`` (uint8, like the splits), else the test images."""
-        if "predict" in self.splits:
-            return super().predict_dataloader()
+        if self.predict_pictures is not None:
+            return self._loader((self.predict_pictures,), train=False)
         return self._dataloader("test", train=False)
 
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:

@@ -7,8 +7,10 @@ from typing import Optional
 import torch
 from lightning.pytorch import LightningDataModule
 from torch import Tensor
+from torch.utils.data import TensorDataset
 
-from gpu_lessons.data.batches import EpochPermutation, TensorBatches
+from gpu_lessons.data.batches import EpochPermutation, ResumableDataLoader
+from gpu_lessons.errors import UserError
 
 Split = tuple[Tensor, ...]
 
@@ -17,10 +19,19 @@ MAX_VALUES = 100_000_000
 
 
 class TensorDataModule(LightningDataModule):
-    """A DataModule whose splits are tensors, placed once on the training device and served as :class:`TensorBatches`.
+    """A DataModule whose splits are tensors, placed once on the training device and served by a ``DataLoader`` that
+    makes each batch with one indexing operation (:class:`~gpu_lessons.data.batches.EpochPermutation`).
 
     Subclasses implement :meth:`build_splits` and return ``{"train": (x, y), "val": ..., "test": ..., "predict": ...}``
     (any split may be missing). Shuffling uses ``seed + epoch``; under DDP each rank gets its own shard.
+
+    What callbacks and the CLI read, as plain attributes:
+
+    * ``splits``: the splits' tensors by name, on the training device once :meth:`setup` has run;
+    * ``class_names``: how predictions and pictures name the classes (``["digit 0", ...]``, Fashion-MNIST's
+      ``"Ankle boot"``), or ``None``: classes are numbered, and regression has none;
+    * ``predict_names``: the names of the samples ``predict`` serves, in order (the picture files), or ``None``:
+      they are numbered.
 
     Args:
         batch_size: Training batch size; ``None`` trains full-batch, as the course's small lessons do.
@@ -58,6 +69,8 @@ class TensorDataModule(LightningDataModule):
         self.on_device = on_device
         self.steps_per_epoch = steps_per_epoch
         self.splits: dict[str, Split] = {}
+        self.class_names: Optional[list[str]] = None
+        self.predict_names: Optional[list[str]] = None
 
     @staticmethod
     def check_size(values: int, what: str) -> None:
@@ -74,10 +87,10 @@ class TensorDataModule(LightningDataModule):
         raise NotImplementedError
 
     def setup(self, stage: Optional[str] = None) -> None:
-        """Build the splits once and keep them on the training device (moved if a later trainer uses another)."""
+        """Build the splits on the first call and keep them on the training device (moved if a later trainer uses
+        another)."""
+        splits = self.splits or self.build_splits()
         device = self._device()
-        # Built once ("train" is always built); splits a subclass added on its own (e.g. pictures to predict) stay.
-        splits = self.splits if "train" in self.splits else {**self.build_splits(), **self.splits}
         self.splits = {name: tuple(t.to(device) for t in tensors) for name, tensors in splits.items()}
 
     def _device(self) -> torch.device:
@@ -85,30 +98,46 @@ class TensorDataModule(LightningDataModule):
             return self.trainer.strategy.root_device
         return torch.device("cpu")
 
-    def _batches(self, split: str, *, train: bool) -> TensorBatches:
-        if split not in self.splits:
-            raise RuntimeError(f"{type(self).__name__} has no {split!r} split (did setup() run?)")
-        tensors = self.splits[split]
-        rank, world_size = (self.trainer.global_rank, self.trainer.world_size) if self.trainer else (0, 1)
+    def _split(self, name: str) -> Split:
+        if name not in self.splits:
+            raise RuntimeError(f"{type(self).__name__} has no {name!r} split (did setup() run?)")
+        return self.splits[name]
+
+    def _loader(self, tensors: Split, *, train: bool) -> ResumableDataLoader:
+        """A ``DataLoader`` over ``tensors``, which sit on one device: shuffled, ``steps_per_epoch`` passes and
+        equal shards for training; in order and exact shards otherwise."""
+        if self.trainer is not None and self.trainer.overfit_batches:
+            # Lightning would swap in a SequentialSampler, which with batch_size=None serves single samples
+            raise UserError("overfit_batches does not work with in-memory data; use --trainer.limit_train_batches")
+        dataset = TensorDataset(*tensors)
+        rank, num_replicas = (self.trainer.global_rank, self.trainer.world_size) if self.trainer else (0, 1)
         sampler = EpochPermutation(
-            len(tensors[0]), shuffle=train, seed=self.seed, rank=rank, world_size=world_size, even=train
+            dataset,
+            batch_size=self.batch_size if train else self.eval_batch_size,
+            shuffle=train,
+            seed=self.seed,
+            rank=rank,
+            num_replicas=num_replicas,
+            even=train,
+            passes=self.steps_per_epoch if train else 1,
+            device=tensors[0].device,
         )
-        batch_size = self.batch_size if train else self.eval_batch_size
-        return TensorBatches(*tensors, batch_size=batch_size, sampler=sampler, passes=self.steps_per_epoch if train else 1)
+        # The sampler's items are whole batches. Its own generator: every iter() draws a worker seed from it, which
+        # would otherwise move the global RNG that dropout draws from.
+        return ResumableDataLoader(dataset, batch_size=None, sampler=sampler, generator=torch.Generator())
 
-    def train_dataloader(self) -> TensorBatches:
+    def train_dataloader(self) -> ResumableDataLoader:
         """Shuffled training batches, a new order every epoch."""
-        return self._batches("train", train=True)
+        return self._loader(self._split("train"), train=True)
 
-    def val_dataloader(self) -> TensorBatches:
+    def val_dataloader(self) -> ResumableDataLoader:
         """Validation batches in order."""
-        return self._batches("val", train=False)
+        return self._loader(self._split("val"), train=False)
 
-    def test_dataloader(self) -> TensorBatches:
+    def test_dataloader(self) -> ResumableDataLoader:
         """Test batches in order."""
-        return self._batches("test", train=False)
+        return self._loader(self._split("test"), train=False)
 
-    def predict_dataloader(self) -> TensorBatches:
+    def predict_dataloader(self) -> ResumableDataLoader:
         """Inputs to predict, in order (the ``predict`` split, else the test split)."""
-        split = "predict" if "predict" in self.splits else "test"
-        return self._batches(split, train=False)
+        return self._loader(self._split("predict" if "predict" in self.splits else "test"), train=False)
