@@ -108,7 +108,7 @@ def test_copy_writes_the_config_here_and_never_over_a_file(tmp_path: Path, monke
     assert lessons.main(["--copy", "nope"]) == 2
     err = capsys.readouterr().err.splitlines()
     assert err == [
-        "error: cnn.yaml already exists; it was left as it is (delete or rename it to copy cnn again)",
+        "error: cnn.yaml already exists and was left as it is; delete or rename it, or choose another name",
         f"error: no lesson 'nope'; the lessons are {', '.join(lessons.shipped_configs())}",
     ]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["cnn.yaml"]
@@ -223,7 +223,7 @@ def test_fine_tune_the_cnn_on_your_own_pictures(tiny_mnist: Path, tmp_path: Path
                 "--model.init_args.scheduler", "null", "--model.init_args.optimizer.init_args.lr", "0.003")
     assert Path(tuned.trainer.checkpoint_callback.dirpath).name == "version_1"
     assert tuned.trainer.current_epoch == 8  # a new run: epochs count from 0, not from the MNIST run's
-    start = torch.load(pretrained.trainer.checkpoint_callback.last_model_path, weights_only=True)["state_dict"]
+    start = torch.load(Path(pretrained.trainer.checkpoint_callback.dirpath, "last.ckpt"), weights_only=True)["state_dict"]
     assert any(not torch.equal(start[k], v) for k, v in tuned.model.state_dict().items())
     tested = run("test", "cnn", *own, "--ckpt_path", "last")
     assert float(tested.trainer.callback_metrics["test/acc"]) == 1.0
@@ -232,7 +232,7 @@ def test_fine_tune_the_cnn_on_your_own_pictures(tiny_mnist: Path, tmp_path: Path
 def test_init_weights_loads_the_checkpoints_weights_before_training(tmp_path: Path, monkeypatch) -> None:
     monkeypatch.chdir(tmp_path)
     trained = run("fit", "regression", "--trainer.max_epochs", "20")
-    path = trained.trainer.checkpoint_callback.last_model_path
+    path = str(Path(trained.trainer.checkpoint_callback.dirpath, "last.ckpt"))
     cli = LessonCLI(args=["--config", "regression", *QUIET, "--init_weights", path], run=False)
     saved = torch.load(path, weights_only=True)["state_dict"]
     assert all(torch.equal(saved[k], v) for k, v in cli.model.state_dict().items())
