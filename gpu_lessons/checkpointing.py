@@ -16,10 +16,11 @@ from typing import IO, Any, Callable, Literal, Optional, TypeVar, Union
 
 import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
-from lightning.pytorch import LightningModule, Trainer
+from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-from gpu_lessons.errors import CheckpointError
+from gpu_lessons.errors import CheckpointError, OutputExistsError
 
 PathLike = Union[str, "os.PathLike[str]"]
 T = TypeVar("T")
@@ -31,12 +32,17 @@ _PLAIN_SCALARS = (bool, int, float, str, type(None))
 _SEQUENCES = (list, tuple, typing.get_origin(typing.Sequence[int]))
 
 
-def load_checkpoint(path: PathLike, map_location: Any = "cpu") -> dict[str, Any]:
-    """Load a checkpoint with ``weights_only=True``: tensors and plain data only, never pickled code.
+def load_checkpoint(path: PathLike, map_location: Any = "cpu", weights_only: Optional[bool] = None) -> dict[str, Any]:
+    """Load a checkpoint with ``weights_only=True``: tensors and plain data only, never pickled code. Every read of a
+    checkpoint goes through here (the CLI's, Lightning's through :class:`AtomicCheckpointIO`, ``load_from_checkpoint``,
+    the export, the pictures).
 
-    Passing ``weights_only`` explicitly also overrides ``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1``.
+    ``weights_only`` is for callers that hand on Lightning's or torch's argument: ``None`` or ``True``; ``False`` is
+    refused. Passing ``weights_only=True`` to torch explicitly also overrides ``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1``.
     Raises :class:`CheckpointError` with what is wrong instead of torch's unpickling traceback.
     """
+    if weights_only is False:
+        raise CheckpointError("gpu_lessons loads checkpoints with weights_only=True only")
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: no such checkpoint file")
@@ -235,64 +241,50 @@ def _describe(value: object) -> str:
 
 
 class LessonCheckpoint(ModelCheckpoint):
-    """Lightning's ``ModelCheckpoint`` with ``last.ckpt`` always the latest state, as up to Lightning 2.5.
+    """Lightning's ``ModelCheckpoint`` for the best checkpoints on a monitored metric, where NaN is never the best.
 
-    Since 2.6, ``save_last=True`` writes ``last.ckpt`` only together with a new top-k checkpoint: once the monitored
-    metric stops improving, ``last.ckpt`` would stay at an older epoch, and resuming from it would silently redo
-    epochs. Here, wherever Lightning 2.5 wrote ``last.ckpt`` and 2.6 does not, it is written. ``save_last="link"``
-    is refused: its link would point at the older best checkpoint.
+    ``last.ckpt`` is not its job: since Lightning 2.6, ``save_last=True`` writes it only beside a new best, so once
+    the metric stops improving it would stay at an older epoch and a resume would silently redo epochs. The CLI
+    writes it with a second, plain ``ModelCheckpoint`` (its ``last_checkpoint``: ``filename="last"``,
+    ``monitor=None``), which saves every epoch; ``save_last`` is refused here, as it would write ``last-v1.ckpt``
+    beside that one (or, with ``"link"``, make it a link to the best).
     """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        if self.save_last == "link":
+        if self.save_last:
             raise ValueError(
-                "checkpoint save_last='link' would make last.ckpt a link to the best checkpoint, not the latest "
-                "epoch; use save_last: true"
+                f"checkpoint save_last={self.save_last!r}: last.ckpt, the latest epoch, is written every epoch by "
+                "last_checkpoint (a ModelCheckpoint of its own), not beside the best checkpoint; leave save_last unset"
             )
-
-    @property
-    def state_key(self) -> str:
-        """``ModelCheckpoint``'s key, so its state (best paths and scores) carries over between the two classes when a
-        run resumes: under another key, Lightning would drop it and write ``last-v1.ckpt`` beside a stale ``last.ckpt``."""
-        return super().state_key.replace(type(self).__qualname__, ModelCheckpoint.__qualname__, 1)
 
     def check_monitor_top_k(self, trainer: Trainer, current: Optional[torch.Tensor] = None) -> bool:
         """A NaN or infinite monitored value is never "best" (Lightning would keep ``…val_lossnan.ckpt`` as the best
-        model); ``last.ckpt`` is still written. The value is synced across processes, so all ranks agree."""
+        model). The value is synced across processes, so all ranks agree."""
         if current is not None and not torch.isfinite(current).all():
             return False
         return super().check_monitor_top_k(trainer, current)
 
-    def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        super().on_train_epoch_end(trainer, pl_module)
-        if self._should_save_on_train_epoch_end(trainer):
-            self._save_last_unless_saved(trainer)
 
-    def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        super().on_validation_end(trainer, pl_module)
-        if not self._should_save_on_train_epoch_end(trainer):
-            self._save_last_unless_saved(trainer)
+class CheckpointOnSigterm(Callback):
+    """When a fit gets SIGTERM (a scheduler's or container's stop), save ``last.ckpt`` beside its checkpoints (in
+    ``trainer.checkpoint_callback``'s folder) before it exits.
 
-    def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        """Bring the callbacks' states in ``last.ckpt`` up to date as training ends, and nothing else in it (weights,
-        epoch and loop state stay as saved). A callback that records an epoch once it is over (the pictures' learning
-        curves, in their ``on_train_end``, which runs before this one: Lightning puts checkpoint callbacks last)
-        would otherwise be missing the final epoch there."""
-        super().on_train_end(trainer, pl_module)
-        if not self.save_last or not self.last_model_path or trainer.interrupted or trainer.fast_dev_run:
-            return
-        if trainer.is_global_zero and os.path.isfile(self.last_model_path):
-            checkpoint = load_checkpoint(self.last_model_path)
-            states = {callback.state_key: callback.state_dict() for callback in trainer.callbacks}
-            checkpoint.setdefault("callbacks", {}).update({key: state for key, state in states.items() if state})
-            trainer.strategy.checkpoint_io.save_checkpoint(checkpoint, self.last_model_path)
-        trainer.strategy.barrier("LessonCheckpoint.on_train_end")
+    Lightning stops after the current batch; the checkpoint holds that exact point (the position in the epoch
+    included), so ``fit --ckpt_path .../last.ckpt`` continues as if never stopped.
+    """
 
-    def _save_last_unless_saved(self, trainer: Trainer) -> None:
-        # _should_skip_saving_checkpoint is also true when this step was already saved (by the top-k save).
-        if self.save_last and not self._should_skip_saving_checkpoint(trainer):
-            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+    saved: Optional[str] = None  # where the checkpoint went, for the CLI's last words after the exception
+
+    def __init__(self) -> None:
+        type(self).saved = None
+
+    def on_exception(self, trainer: Trainer, pl_module: LightningModule, exception: BaseException) -> None:
+        checkpoint = trainer.checkpoint_callback
+        if isinstance(exception, SIGTERMException) and trainer.state.fn == "fit" and checkpoint is not None:
+            path = os.path.join(checkpoint.dirpath, checkpoint.CHECKPOINT_NAME_LAST + checkpoint.FILE_EXTENSION)
+            trainer.save_checkpoint(path)
+            type(self).saved = path
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -308,9 +300,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         write_atomically(Path(path), lambda file: torch.save(checkpoint, file))
 
     def load_checkpoint(self, path: PathLike, map_location: Optional[Any] = None, weights_only: Optional[bool] = None) -> dict[str, Any]:
-        if weights_only is False:
-            raise CheckpointError("gpu_lessons loads checkpoints with weights_only=True only")
-        return load_checkpoint(path, map_location=map_location or "cpu")
+        return load_checkpoint(path, map_location=map_location or "cpu", weights_only=weights_only)
 
 
 def write_atomically(path: Path, write: Callable[[IO[bytes]], object], *, overwrite: bool = True) -> None:
@@ -343,6 +333,36 @@ def write_atomically(path: Path, write: Callable[[IO[bytes]], object], *, overwr
         temporary.unlink(missing_ok=True)
         raise
     _fsync_directory(path.parent)
+
+
+def refuse_existing(path: PathLike) -> Path:
+    """``path``, or an :class:`OutputExistsError` if a file (or a link, even a dangling one) is there already: the
+    check before the work that makes a new file's bytes (:func:`write_new_file` checks again as it writes)."""
+    path = Path(path)
+    if path.exists() or path.is_symlink():
+        raise OutputExistsError(path)
+    return path
+
+
+def write_new_file(path: PathLike, data: bytes, *, overwrite: bool = False) -> Path:
+    """Write ``data`` to ``path`` atomically (:func:`write_atomically`), never over an existing file unless
+    ``overwrite``: how every command writes a file the user asked for (predictions, a picture, weights, a config).
+
+    An existing file is an :class:`OutputExistsError`, also one that appeared while the data was made (the file is
+    linked into place, so there is no check-then-write race). A write error names ``path``.
+    """
+    path = Path(path)
+    try:
+        write_atomically(path, lambda file: file.write(data), overwrite=overwrite)
+    except FileExistsError:
+        if not (path.exists() or path.is_symlink()):  # not ``path`` but a folder on its way (a file named like it)
+            raise
+        raise OutputExistsError(path) from None
+    except OSError as error:
+        if error.filename is None and error.errno is not None:  # from fsync or write, which name no file
+            raise OSError(error.errno, error.strerror, str(path)) from None
+        raise
+    return path
 
 
 _HOST = socket.gethostname().replace(".", "_") or "host"

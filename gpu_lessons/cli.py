@@ -5,8 +5,10 @@ A LightningCLI in subclass mode: a config picks any lesson (``model.class_path``
 
 * ``accelerator: gpu`` falls back to the CPU, with one line saying why, where CUDA is not usable
   (``--strict_accelerator true`` makes that an error instead);
-* checkpoints in ``checkpoints/<run_name>/`` (best on ``val/loss`` and ``last.ckpt``), TensorBoard logs in
+* checkpoints in ``checkpoints/<run_name>/version_N/`` (best on ``val/loss`` and ``last.ckpt``), TensorBoard logs in
   ``lightning_logs/<run_name>/version_N/`` with the run's ``config.yaml``, and the learning rate logged;
+* every callback and plugin it adds is a default of the config (``--print_config`` shows them; ``null`` or their
+  own switch turns one off), so a run's ``config.yaml`` runs it again;
 * ``predict`` prints readable predictions (``--output FILE.csv`` also writes them as CSV);
 * user errors (a missing checkpoint or dataset, CUDA required but absent) end in one ``error:`` line and exit
   code 2, not a traceback.
@@ -14,7 +16,6 @@ A LightningCLI in subclass mode: a config picks any lesson (``model.class_path``
 
 from __future__ import annotations
 
-import errno
 import importlib
 import logging
 import os
@@ -23,18 +24,18 @@ import shutil
 import sys
 import warnings
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
-from jsonargparse import ArgumentError, Namespace
-from lightning.fabric.plugins import CheckpointIO
-from lightning.pytorch import Callback, LightningDataModule, LightningModule, Trainer
-from lightning.pytorch.callbacks import LearningRateMonitor, ProgressBar, TQDMProgressBar
+from jsonargparse import Namespace
+from lightning.pytorch import LightningDataModule, Trainer
+from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, ProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 from lightning.pytorch.utilities.exceptions import MisconfigurationException, SIGTERMException
 
 from gpu_lessons import __version__
+from gpu_lessons.callbacks import FiniteLossGuard, RandomStates
 from gpu_lessons.checkpointing import (
-    AtomicCheckpointIO,
+    CheckpointOnSigterm,
     LessonCheckpoint,
     check_resumable,
     check_weights_fit,
@@ -43,36 +44,62 @@ from gpu_lessons.checkpointing import (
     load_checkpoint,
 )
 from gpu_lessons.cuda import cuda_unavailable_reason
-from gpu_lessons.errors import CheckpointError, UserError, one_line, print_error
+from gpu_lessons.errors import CheckpointError, UserError, exit_code, one_line
 from gpu_lessons.lessons import config_path
 from gpu_lessons.models.base import Lesson
 from gpu_lessons.pictures import LessonPictures
 from gpu_lessons.predictions import PredictionPrinter
-from gpu_lessons.progress import EpochLines, output_is_a_terminal
+from gpu_lessons.progress import output_is_a_terminal
 
+# The subcommands beside Lightning's fit, validate, test and predict: name -> (the module whose
+# main(argv, prog) runs it, what it does). Each reports errors like the others (gpu_lessons.errors).
+_TOOLS = {
+    "lessons": ("gpu_lessons.lessons", "the lessons and what each reaches (--copy NAME writes NAME.yaml to edit)"),
+    "export": ("gpu_lessons.export", "a checkpoint's network as plain weights, for torch alone"),
+    "pictures": ("gpu_lessons.pictures", "runs' learning curves side by side"),
+    "doctor": ("gpu_lessons.doctor", "is the GPU usable, and how fast is it?"),
+}
 _DESCRIPTION = (
     "gpu_lessons: a beginner's GPU/PyTorch course as PyTorch Lightning lessons. Train one with "
     "`gpu-lessons fit --config cnn` (a shipped lesson, or your own YAML file), then test or predict with "
-    "`--ckpt_path last`. `gpu-lessons fit --help` lists every option. Also: `gpu-lessons lessons` (the lessons; "
-    "`--copy NAME` writes NAME.yaml to edit), `gpu-lessons export` (plain weights), `gpu-lessons pictures` (runs "
-    "side by side), `gpu-lessons doctor` (is the GPU usable?)."
+    "`--ckpt_path last`; `gpu-lessons fit --help` lists every option. The other subcommands: "
+    + "; ".join(f"`{name}`: {what}" for name, (_, what) in _TOOLS.items())
+    + " (`gpu-lessons NAME --help` for each). Exit codes: 0 done, 1 failed (a NaN loss, a full disk), 2 bad input, "
+    "143 stopped by SIGTERM."
 )
-# The subcommands beside Lightning's fit/validate/test/predict: each module's main(argv, prog) runs one.
-_TOOLS = {name: f"gpu_lessons.{name}" for name in ("lessons", "export", "pictures", "doctor")}
 _GPU_ACCELERATORS = ("gpu", "cuda")
-# OSErrors that describe the machine (disk, permissions, paths), not a bug: reported as one line, exit 1
-_MACHINE_ERRNOS = {
-    errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.ELOOP, errno.ENOTDIR, errno.EISDIR,
-    errno.ENAMETOOLONG, errno.EMFILE, errno.EIO,
-}
 _LOGGER_DEFAULT_NAME = "lightning_logs"  # TensorBoardLogger's and CSVLogger's own default for ``name``
 _LIGHTNING_CKPT_ALIASES = ("last", "best", "hpc", "registry")
 _RUN_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
 _VERSION = re.compile(r"version_(\d+)")
-SIGTERM_EXIT_CODE = 143  # 128 + SIGTERM, what a shell reports for a process ended by SIGTERM
+# The callbacks the CLI adds beside checkpoint, last_checkpoint and pictures: a top-level key each, defaults set in
+# add_arguments_to_parser (so --print_config and config.yaml show them); null switches one off.
+_CALLBACKS = {
+    "sigterm_checkpoint": (CheckpointOnSigterm, "fit: on SIGTERM, save last.ckpt at the exact step, then exit 143."),
+    "finite_loss_guard": (FiniteLossGuard, "fit: stop at the first NaN or infinite training loss, naming its step."),
+    "random_states": (RandomStates, "Keep the random-number states in checkpoints, so that a resume is exact."),
+    "lr_monitor": (LearningRateMonitor, "Log the learning rate (left out where trainer.logger is false)."),
+    "progress_bar": (
+        ProgressBar,
+        "A bar redrawn every 10 steps in a terminal, otherwise a line per epoch (left out where "
+        "trainer.enable_progress_bar is false).",
+    ),
+    "predictions": (PredictionPrinter, "predict: print the predictions (and write --output)."),  # after the bar's line
+}
+
 
 class NonOverwritingSaveConfigCallback(SaveConfigCallback):
-    """Saves the run's config beside its logs; if a ``config.yaml`` is already there, writes ``config-N.yaml``."""
+    """Saves the run's config beside its logs; if a ``config.yaml`` is already there, writes ``config-N.yaml``.
+
+    Args:
+        run_folders: Config keys that hold the folders the CLI picked for this run (``checkpoint.dirpath``, the
+            logger's ``version``); they are saved unset, so that ``fit --config .../config.yaml`` runs the same
+            again, into the next folders, instead of being refused by this run's checkpoints.
+    """
+
+    def __init__(self, *args: Any, run_folders: Sequence[str] = (), **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.run_folders = run_folders
 
     def setup(self, trainer: Trainer, pl_module: Any, stage: str) -> None:
         if stage == "predict":  # predictions are printed, not logged: no log folder, no config to keep
@@ -83,34 +110,21 @@ class NonOverwritingSaveConfigCallback(SaveConfigCallback):
             while os.path.isfile(os.path.join(log_dir, self.config_filename)):
                 n += 1
                 self.config_filename = f"{stem}-{n}.yaml"
+        if self.run_folders:
+            self.config = self.config.clone()
+            for key in self.run_folders:
+                self.config[key] = None
         super().setup(trainer, pl_module, stage)
-
-
-class CheckpointOnSigterm(Callback):
-    """When the run gets SIGTERM (a scheduler's or container's stop), save ``last.ckpt`` before exiting.
-
-    Lightning stops after the current batch; the checkpoint holds that exact point (RNG states and the position in
-    the epoch included), so ``fit --ckpt_path .../last.ckpt`` continues as if never stopped.
-    """
-
-    saved: Optional[str] = None  # where the checkpoint went, for the CLI's last words
-
-    def __init__(self) -> None:
-        type(self).saved = None
-
-    def on_exception(self, trainer: Trainer, pl_module: LightningModule, exception: BaseException) -> None:
-        checkpoint = trainer.checkpoint_callback
-        if isinstance(exception, SIGTERMException) and trainer.state.fn == "fit" and checkpoint is not None:
-            path = os.path.join(checkpoint.dirpath, checkpoint.CHECKPOINT_NAME_LAST + checkpoint.FILE_EXTENSION)
-            trainer.save_checkpoint(path)
-            type(self).saved = path  # read by cli_main after the exception has unwound the CLI
 
 
 class LessonCLI(LightningCLI):
     """LightningCLI for the lessons; see the module docstring for what it adds."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
-        kwargs.setdefault("save_config_callback", NonOverwritingSaveConfigCallback)
+        self._run_folders: list[str] = []  # see NonOverwritingSaveConfigCallback; filled by before_instantiate_classes
+        saver = kwargs.setdefault("save_config_callback", NonOverwritingSaveConfigCallback)
+        if saver is NonOverwritingSaveConfigCallback:
+            kwargs.setdefault("save_config_kwargs", {"run_folders": self._run_folders})
         kwargs.setdefault("seed_everything_default", 42)
         # parse errors come back as exceptions, for cli_main to report in one line instead of the usage block
         kwargs.setdefault("parser_kwargs", {"exit_on_error": False, "prog": "gpu-lessons", "description": _DESCRIPTION})
@@ -159,25 +173,60 @@ class LessonCLI(LightningCLI):
             default=None,
             help="predict only: also write the predictions to this CSV file (an existing file is never overwritten).",
         )
+        # Everything the CLI adds to the trainer is a default here, shown by --print_config and kept in config.yaml.
+        # checkpoint (the best on val/loss), last_checkpoint (last.ckpt, every epoch) and pictures are always built:
+        # save_top_k 0 or enabled false switch them off. The others may be null, or another class.
         parser.add_lightning_class_args(LessonCheckpoint, "checkpoint")
+        parser.add_lightning_class_args(ModelCheckpoint, "last_checkpoint")
         parser.add_lightning_class_args(LessonPictures, "pictures")
+        for key, (base, help_text) in _CALLBACKS.items():
+            parser.add_subclass_arguments(base, key, required=False, help=f"{help_text} null: none.")
+        # Redrawing a bar every step costs ~0.7 ms of Python, as much as a small model's step on a GPU; where output
+        # is not a terminal, every redraw would stay in the log: a line per epoch instead.
+        if output_is_a_terminal():
+            progress_bar = {
+                "class_path": "lightning.pytorch.callbacks.TQDMProgressBar",
+                "init_args": {"refresh_rate": 10},
+            }
+        else:
+            progress_bar = {"class_path": "gpu_lessons.progress.EpochLines"}
         parser.set_defaults(
             {
                 "checkpoint.monitor": "val/loss",
                 "checkpoint.mode": "min",
-                "checkpoint.save_last": True,
                 "checkpoint.filename": "epoch{epoch:03d}-val_loss{val/loss:.4f}",
                 "checkpoint.auto_insert_metric_name": False,
+                # the latest state, overwritten at every training epoch's end (Lightning 2.6's save_last=True
+                # writes last.ckpt only beside a new best, so it would fall behind once val/loss gets worse)
+                "last_checkpoint.filename": ModelCheckpoint.CHECKPOINT_NAME_LAST,
+                "last_checkpoint.monitor": None,
+                "last_checkpoint.save_top_k": 1,
+                "last_checkpoint.save_on_train_epoch_end": True,
+                "last_checkpoint.enable_version_counter": False,
+                "sigterm_checkpoint": {"class_path": "gpu_lessons.checkpointing.CheckpointOnSigterm"},
+                "finite_loss_guard": {"class_path": "gpu_lessons.callbacks.FiniteLossGuard"},
+                "random_states": {"class_path": "gpu_lessons.callbacks.RandomStates"},
+                "lr_monitor": {
+                    "class_path": "lightning.pytorch.callbacks.LearningRateMonitor",
+                    "init_args": {"logging_interval": "epoch"},
+                },
+                "progress_bar": progress_bar,
+                "predictions": {"class_path": "gpu_lessons.predictions.PredictionPrinter"},
                 "trainer.logger": {
                     "class_path": "lightning.pytorch.loggers.TensorBoardLogger",
                     "init_args": {"save_dir": "lightning_logs"},
                 },
+                # atomic saves, weights-only loads (a list: --trainer.plugins+=... adds to it)
+                "trainer.plugins": [{"class_path": "gpu_lessons.checkpointing.AtomicCheckpointIO"}],
             }
         )
 
     def before_instantiate_classes(self) -> None:
-        """Resolve the CUDA fallback and the run's folders before anything is built."""
-        config = self.config[self.subcommand] if self.subcommand else self.config
+        """Resolve the CUDA fallback, the run's folders and the callbacks that follow from other settings, before
+        anything is built."""
+        config = _subcommand_config(self.config, self.subcommand)
+        if self.subcommand is not None:
+            config.ckpt_path = self.ckpt_path  # checked and held back by parse_arguments; the trainer reads it
         if config.output is not None and self.subcommand != "predict":
             raise UserError("--output is for predict: it writes the predictions to a CSV file")
         _check_trainer_counts(config.trainer)
@@ -187,11 +236,23 @@ class LessonCLI(LightningCLI):
             logger.init_args.name = config.run_name
         if self.subcommand == "predict" and _is_default_logger(logger):
             config.trainer.logger = False  # predictions are printed (and --output written): nothing to log
+        if config.trainer.logger in (False, []):
+            config.lr_monitor = None  # it has nowhere to log to (and would fail the fit)
+        if config.trainer.enable_progress_bar is False:
+            config.progress_bar = None
+        elif config.progress_bar is None and config.trainer.enable_progress_bar is None:
+            config.trainer.enable_progress_bar = False  # null means no bar, not Lightning's own (redrawn every step)
+        if config.output is not None and isinstance(config.predictions, Namespace):
+            config.predictions.init_args.output = config.output
         if self.subcommand == "fit":
             self._place_fit_checkpoints(config)
         elif config.checkpoint.dirpath is None:  # only fit writes checkpoints; this names the folder of the one read
             ckpt_path = config.get("ckpt_path")
             config.checkpoint.dirpath = str(Path(ckpt_path).parent) if ckpt_path else os.path.join("checkpoints", config.run_name)
+            self._run_folders.append("checkpoint.dirpath")
+        if config.last_checkpoint.dirpath is None:
+            config.last_checkpoint.dirpath = config.checkpoint.dirpath
+            self._run_folders.append("last_checkpoint.dirpath")
 
     def _place_fit_checkpoints(self, config: Namespace) -> None:
         """Every fit writes into folders of its own: ``checkpoints/<run>/version_N/`` beside
@@ -208,7 +269,9 @@ class LessonCLI(LightningCLI):
                 version = _next_version(run_root, log_root)
                 if logger_args is not None:
                     logger_args.version = version
+                    self._run_folders.append("trainer.logger.init_args.version")
             config.checkpoint.dirpath = str(run_root / _version_folder(version))
+            self._run_folders.append("checkpoint.dirpath")
         folder = Path(config.checkpoint.dirpath)
         _ensure_writable(folder, "checkpoints")
         existing = sorted(p.name for p in folder.glob("*.ckpt")) if folder.is_dir() else []
@@ -237,13 +300,17 @@ class LessonCLI(LightningCLI):
         """Parse; then read ``--ckpt_path`` once and check it before anything is built: it exists, loads with
         ``weights_only=True``, was written by the configured lesson, and its hyperparameters are plain values for that
         lesson's arguments (:func:`~gpu_lessons.checkpointing.checked_hyperparameters`: a checkpoint is someone else's
-        data, and nothing in it may choose code)."""
+        data, and nothing in it may choose code). The checked values are set on the config's lesson.
+
+        The path itself is held back (``self.ckpt_path``) until :meth:`before_instantiate_classes`: LightningCLI's own
+        merge of a checkpoint's hyperparameters, which runs in between, would read the file again and hand its
+        ``class_path`` to jsonargparse to import; with no ``ckpt_path`` in the config, it has nothing to read."""
         if args is None:  # the command line (LightningCLI warns about ``args`` given beside ``sys.argv``)
             self.config = parser.parse_args(_with_config_files(sys.argv[1:]))
         else:
             super().parse_arguments(parser, _with_config_files(args))
         self.checkpoint: Optional[dict[str, Any]] = None
-        self.checkpoint_hparams: dict[str, Any] = {}
+        self.ckpt_path: Optional[str] = None
         self.initial_weights: Optional[dict[str, Any]] = None
         subcommand = self.config.get("subcommand")
         config = self.config.get(subcommand) if subcommand else self.config
@@ -261,10 +328,11 @@ class LessonCLI(LightningCLI):
         ckpt_path = config.get("ckpt_path")
         if not ckpt_path:
             return
-        ckpt_path = config.ckpt_path = self._resolved(ckpt_path, config)
-        self.checkpoint, self.checkpoint_hparams = self._checked_checkpoint(ckpt_path, config)
+        self.ckpt_path, config.ckpt_path = self._resolved(ckpt_path, config), None
+        self.checkpoint, hparams = self._checked_checkpoint(self.ckpt_path, config)
+        _set_model_settings(config.model.init_args, hparams)
         if subcommand == "fit":
-            _say_how_the_data_differs(self.checkpoint, config, ckpt_path)
+            _say_how_the_data_differs(self.checkpoint, config, self.ckpt_path)
 
     @staticmethod
     def _resolved(path: str, config: Namespace, flag: str = "--ckpt_path") -> str:
@@ -272,38 +340,12 @@ class LessonCLI(LightningCLI):
 
     @staticmethod
     def _checked_checkpoint(path: str, config: Namespace) -> tuple[dict[str, Any], dict[str, Any]]:
-        """The checkpoint at ``path`` and its checked hyperparameters, if the config's lesson wrote it."""
+        """The checkpoint at ``path`` and its checked hyperparameters, if the config's lesson wrote it (or it records
+        no lesson, saved from Python: its values are then checked against the config's)."""
         checkpoint = load_checkpoint(path)
-        configured = imported_class(config.model.class_path)  # the config's class is already imported by parsing
-        trained_by, hparams = checked_hyperparameters(checkpoint, Lesson, path)
-        if trained_by is Lesson and configured is not None and issubclass(configured, Lesson):
-            # saved from Python (no class recorded): its values are for the config's lesson, checked against it
-            _, hparams = checked_hyperparameters(checkpoint, configured, path)
-        if configured is not None and trained_by is not Lesson and trained_by is not configured:
-            raise CheckpointError(
-                f"{path} was trained by {checkpoint['hyper_parameters']['_class_path']}, but the config's "
-                f"model is {config.model.class_path}; use that lesson's config (or the matching checkpoint)"
-            )
+        configured = imported_class(config.model.class_path) or Lesson  # already imported by parsing
+        _, hparams = checked_hyperparameters(checkpoint, configured, path)
         return checkpoint, hparams
-
-    def _parse_ckpt_path(self) -> None:
-        """Replaces LightningCLI's merge of the checkpoint's hyperparameters into the config, where the checkpoint's
-        own ``class_path`` entries would pick what jsonargparse imports and calls. Only the plain values that
-        :meth:`parse_arguments` checked are set, on the config's own lesson; where they differ from the config, they
-        win (they describe the trained network) and a line says so."""
-        if not self.checkpoint_hparams:
-            return
-        init_args = self.config[self.config.subcommand].model.init_args
-        changed = [
-            f"{key} {init_args.get(key)!r} -> {value!r}"
-            for key, value in self.checkpoint_hparams.items()
-            if key in init_args and init_args.get(key) != value
-        ]
-        for key, value in self.checkpoint_hparams.items():
-            if key in init_args:
-                init_args[key] = value
-        if changed:
-            sys.stderr.write(f"gpu_lessons: the checkpoint's model settings replace the config's: {', '.join(changed)}\n")
 
     def after_fit(self) -> None:
         """A short summary: the last epoch's metrics, the best validation metric, and where this run's checkpoints
@@ -318,14 +360,12 @@ class LessonCLI(LightningCLI):
             print(f"after {trainer.current_epoch} epochs: {shown}")
         for key, value in best.items():
             print(f"best {key.removesuffix('_best')} of the run: {value:.4g}")
-        checkpoint = trainer.checkpoint_callback
-        pictures = next((c for c in trainer.callbacks if isinstance(c, LessonPictures)), None)
-        if pictures is not None and pictures.folder is not None and pictures.folder.is_dir():
+        built = _subcommand_config(self.config_init, self.subcommand)
+        checkpoint, latest, pictures = built.checkpoint, built.last_checkpoint, built.pictures
+        if pictures.folder is not None and pictures.folder.is_dir():
             print(f"pictures: {_shown(str(pictures.folder))}/")
-        if checkpoint is None:
-            return
-        if checkpoint.last_model_path:
-            print(f"last checkpoint (the latest epoch): {_shown(checkpoint.last_model_path)}")
+        if latest.best_model_path:  # with no monitor, its "best" is the latest save
+            print(f"last checkpoint (the latest epoch): {_shown(latest.best_model_path)}")
         if checkpoint.best_model_path and checkpoint.best_model_score is not None:
             score = f"{checkpoint.monitor} {float(checkpoint.best_model_score):.4g}"
             print(f"best checkpoint ({score}): {_shown(checkpoint.best_model_path)}")
@@ -336,29 +376,32 @@ class LessonCLI(LightningCLI):
         try:
             super().instantiate_classes()
         except (ValueError, MisconfigurationException, ImportError) as error:
+            if isinstance(error.__cause__, UserError):  # jsonargparse's wrapping of a constructor's own UserError
+                raise error.__cause__ from None
             raise UserError(f"invalid configuration: {one_line(error)}") from None
 
     def after_instantiate_classes(self) -> None:
         """Checks that need the built lesson, before any data is read: the checkpoint monitor is a metric the lesson
         logs, and ``--ckpt_path`` holds this lesson's weights (and, to resume a fit, its optimizer's state)."""
         super().after_instantiate_classes()
-        model, checkpoint_callback = self.model, self.trainer.checkpoint_callback
-        if isinstance(model, Lesson) and checkpoint_callback is not None and checkpoint_callback.monitor is not None:
-            if checkpoint_callback.monitor not in (*model.metric_names, "epoch", "step"):
-                raise UserError(
-                    f"checkpoint.monitor {checkpoint_callback.monitor!r} is not a metric {type(model).__name__} logs; "
-                    f"choose one of {', '.join(model.metric_names)}"
-                )
+        model, config = self.model, _subcommand_config(self.config, self.subcommand)
+        monitor = config.checkpoint.monitor
+        if isinstance(model, Lesson) and monitor is not None and monitor not in (*model.metric_names, "epoch", "step"):
+            raise UserError(
+                f"checkpoint.monitor {monitor!r} is not a metric {type(model).__name__} logs; "
+                f"choose one of {', '.join(model.metric_names)}"
+            )
         if self.initial_weights is not None:
-            source = self._get(self.config, "init_weights")
-            check_weights_fit(self.initial_weights, model, source)
+            check_weights_fit(self.initial_weights, model, config.init_weights)
             model.load_state_dict(self.initial_weights["state_dict"])
-            sys.stderr.write(f"gpu_lessons: training starts from the weights of {source} (new optimizer, schedule and epochs)\n")
+            sys.stderr.write(
+                f"gpu_lessons: training starts from the weights of {config.init_weights} (new optimizer, schedule and "
+                "epochs)\n"
+            )
         if self.checkpoint is not None:
-            ckpt_path = self._get(self.config, "ckpt_path")
-            check_weights_fit(self.checkpoint, model, ckpt_path)
+            check_weights_fit(self.checkpoint, model, self.ckpt_path)
             if self.subcommand == "fit":
-                check_resumable(self.checkpoint, model, ckpt_path)
+                check_resumable(self.checkpoint, model, self.ckpt_path)
 
     def _resolve_accelerator(self, config: Namespace) -> None:
         accelerator = config.trainer.accelerator
@@ -380,26 +423,12 @@ class LessonCLI(LightningCLI):
         config.trainer.accelerator, config.trainer.devices = "cpu", 1
 
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
-        """The configured trainer plus: atomic, weights-only checkpoint IO; a checkpoint on SIGTERM; a
-        LearningRateMonitor whenever there is a logger to write to; a progress bar that redraws every 10 steps;
-        for ``predict``, a :class:`PredictionPrinter`."""
-        trainer_config = self._get(self.config_init, "trainer", default={})
-        callbacks = [*(trainer_config.get("callbacks") or []), CheckpointOnSigterm()]
-        if trainer_config.get("logger") not in (None, False, []):
-            if not any(isinstance(c, LearningRateMonitor) for c in callbacks):
-                callbacks.append(LearningRateMonitor(logging_interval="epoch"))
-        if trainer_config.get("enable_progress_bar") is not False and not any(isinstance(c, ProgressBar) for c in callbacks):
-            # Redrawing the bar every step costs ~0.7 ms of Python, as much as a small model's step on a GPU; where
-            # output is not a terminal, the redraws would all stay in the log: a line per epoch instead.
-            callbacks.append(TQDMProgressBar(refresh_rate=10) if output_is_a_terminal() else EpochLines())
-        if self.subcommand == "predict" and not any(isinstance(c, PredictionPrinter) for c in callbacks):
-            # After the progress bar, so that it has closed its line before the predictions are printed.
-            callbacks.append(PredictionPrinter(output=self._get(self.config, "output")))
-        plugins = trainer_config.get("plugins") or []
-        plugins = list(plugins) if isinstance(plugins, (list, tuple)) else [plugins]
-        if not any(isinstance(p, CheckpointIO) for p in plugins):
-            plugins.append(AtomicCheckpointIO())
-        return super().instantiate_trainer(callbacks=callbacks, plugins=plugins, **kwargs)
+        """The configured trainer, with the callbacks of :data:`_CALLBACKS` that are not null after its own."""
+        config = _subcommand_config(self.config_init, self.subcommand)
+        configured = config.trainer.get("callbacks") or []
+        callbacks = [*(configured if isinstance(configured, list) else [configured])]
+        callbacks += [config[key] for key in _CALLBACKS if config[key] is not None]
+        return super().instantiate_trainer(callbacks=callbacks, **kwargs)
 
 
 def _ensure_writable(folder: Path, what: str) -> None:
@@ -413,6 +442,26 @@ def _ensure_writable(folder: Path, what: str) -> None:
         raise UserError(f"cannot write {what} to {folder}: {existing} is a file, not a folder")
     if not os.access(existing, os.W_OK | os.X_OK):
         raise UserError(f"cannot write {what} to {folder}: {existing} is not writable")
+
+
+def _set_model_settings(init_args: Namespace, hparams: dict[str, Any]) -> None:
+    """Set a checkpoint's checked hyperparameters on the config's lesson: where they differ from the config, they win
+    (they describe the trained network), and a line says so."""
+    changed = [
+        f"{key} {init_args.get(key)!r} -> {value!r}"
+        for key, value in hparams.items()
+        if key in init_args and init_args.get(key) != value
+    ]
+    for key, value in hparams.items():
+        if key in init_args:
+            init_args[key] = value
+    if changed:
+        sys.stderr.write(f"gpu_lessons: the checkpoint's model settings replace the config's: {', '.join(changed)}\n")
+
+
+def _subcommand_config(config: Namespace, subcommand: Optional[str]) -> Namespace:
+    """The part of a LightningCLI config for ``subcommand`` (all of it without subcommands, ``run=False``)."""
+    return config[subcommand] if subcommand else config
 
 
 # Where data is read from and how it is served, not what it is: a resume elsewhere may change them freely.
@@ -524,6 +573,8 @@ def _quiet_lightning() -> None:
     # The lessons log once per epoch, so an epoch of fewer batches than log_every_n_steps (a small folder of your own
     # pictures) loses nothing.
     warnings.filterwarnings("ignore", message=r"The number of training batches \(\d+\) is smaller than the logging interval")
+    # The lessons' data sits on the device already: worker processes would only copy it back and forth.
+    warnings.filterwarnings("ignore", message=r"The '\w+_dataloader' does not have many workers")
 
 
 def _checked_run_name(name: str) -> str:
@@ -570,11 +621,11 @@ def _checkpoint_alias(alias: str, config: Namespace, flag: str = "--ckpt_path") 
     if alias == "last":
         return newest
     states = load_checkpoint(newest).get("callbacks")
-    recorded = next(
+    recorded = next(  # the state of the checkpoint callback with a monitor (the other one writes last.ckpt)
         (
             state.get("best_model_path")
-            for key, state in (states.items() if isinstance(states, dict) else ())
-            if isinstance(key, str) and key.startswith("ModelCheckpoint") and isinstance(state, dict)
+            for state in (states.values() if isinstance(states, dict) else ())
+            if isinstance(state, dict) and state.get("monitor") and "best_model_path" in state
         ),
         None,
     )
@@ -596,48 +647,37 @@ def _default_run_name(config: Namespace) -> str:
     return class_path.rsplit(".", 1)[-1].removesuffix("Lesson").lower() or "lesson"
 
 
-def main() -> int:
-    """The ``gpu-lessons`` console script and ``python -m gpu_lessons``: exit status 0 after a successful run."""
-    tool = sys.argv[1] if len(sys.argv) > 1 else None
-    if tool == "--version":
+def main(argv: Optional[list[str]] = None) -> int:
+    """The ``gpu-lessons`` console script and ``python -m gpu_lessons``: every subcommand, each through the one
+    error path (:func:`gpu_lessons.errors.exit_code`); 0 after a successful run, so ``fit ... && test ...`` chains."""
+    args = sys.argv[1:] if argv is None else argv
+    if args[:1] == ["--version"]:
         import lightning
         import torch
 
         print(f"gpu_lessons {__version__} (torch {torch.__version__}, lightning {lightning.__version__})")
         return 0
-    if tool in _TOOLS:  # imported only when asked for
-        return importlib.import_module(_TOOLS[tool]).main(sys.argv[2:], prog=f"gpu-lessons {tool}")
-    cli_main()
+    if args and args[0] in _TOOLS:  # imported only when asked for
+        module, _ = _TOOLS[args[0]]
+        return importlib.import_module(module).main(args[1:], prog=f"gpu-lessons {args[0]}")
+    cli_main(argv)  # with None, LightningCLI reads sys.argv itself
     return 0
 
 
-def cli_main(args: Optional[list[str]] = None) -> Optional[LessonCLI]:
-    """Run the CLI (``args`` instead of ``sys.argv`` lets tests drive it in-process)."""
+def cli_main(args: Optional[list[str]] = None) -> LessonCLI:
+    """Run fit, validate, test or predict (``args`` instead of ``sys.argv`` lets tests drive it in-process): the
+    LessonCLI, or, for a problem the user can fix, ``SystemExit`` with its exit code after its one error line."""
     _quiet_lightning()
     try:
         return LessonCLI(args=args)
-    except UserError as error:
-        print_error(error)
-        raise SystemExit(error.exit_code) from None
-    except ArgumentError as error:  # the parser's (the CLI sets exit_on_error=False to report it in one line)
-        print_error(one_line(error))
-        raise SystemExit(UserError.exit_code) from None
-    except MisconfigurationException as error:  # Lightning's word for a setting that does not work, found mid-run
-        print_error(f"invalid configuration: {one_line(error)}")
-        raise SystemExit(UserError.exit_code) from None
-    except OSError as error:
-        if error.errno not in _MACHINE_ERRNOS:
+    except BaseException as error:
+        if isinstance(error, SIGTERMException) and CheckpointOnSigterm.saved:
+            saved = _shown(CheckpointOnSigterm.saved)
+            sys.stderr.write(f"gpu_lessons: on SIGTERM, saved {saved}; resume with `fit --ckpt_path {saved}`\n")
+        code = exit_code(error)
+        if code is None:
             raise
-        # a full disk, a read-only or unwritable folder: the checkpoints already written are intact (atomic saves)
-        where = f"{error.filename}: " if error.filename else ""
-        print_error(f"cannot write or read {where}{error.strerror or error}")
-        raise SystemExit(1) from None
-    except SIGTERMException:
-        saved = CheckpointOnSigterm.saved and _shown(CheckpointOnSigterm.saved)
-        sys.stderr.write(
-            f"stopped by SIGTERM; saved {saved}: resume with `fit --ckpt_path {saved}`\n" if saved else "stopped by SIGTERM\n"
-        )
-        raise SystemExit(SIGTERM_EXIT_CODE) from None
+        raise SystemExit(code) from None
 
 
 if __name__ == "__main__":

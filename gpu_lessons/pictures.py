@@ -12,6 +12,7 @@ any other object, so there is nothing to close.
 from __future__ import annotations
 
 import argparse
+import io
 import math
 import re
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -33,8 +34,8 @@ from matplotlib.ticker import MaxNLocator, PercentFormatter
 from torch import Tensor
 from torchmetrics.classification import MulticlassConfusionMatrix
 
-from gpu_lessons.checkpointing import load_checkpoint, write_atomically
-from gpu_lessons.errors import UserError, print_error
+from gpu_lessons.checkpointing import load_checkpoint, refuse_existing, write_atomically, write_new_file
+from gpu_lessons.errors import CommandParser, UserError, run_command
 from gpu_lessons.models.tasks import BinaryTask, MulticlassTask, RegressionTask
 
 Predict = Callable[[Tensor], Tensor]
@@ -326,6 +327,13 @@ class LessonPictures(Callback):
     def state_dict(self) -> dict[str, Any]:
         return {"history": self.history}
 
+    def on_save_checkpoint(self, trainer: Trainer, pl_module: LightningModule, checkpoint: dict[str, Any]) -> None:
+        """An epoch-end checkpoint is written once the lesson has logged the epoch (Lightning runs checkpoint
+        callbacks' epoch-end hooks after the module's), so the epoch is complete now: record it before saving.
+        (``state_dict`` was collected just before this hook; a mid-epoch save has no finished epoch pending.)"""
+        self._record_finished_epoch(trainer)
+        checkpoint["callbacks"][self.state_key] = self.state_dict()
+
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.history = checked_history(state_dict.get("history"), "the checkpoint")
 
@@ -457,43 +465,40 @@ def compare_runs(checkpoints: Sequence[Union[str, Path]], output: Union[str, Pat
     """Draw the learning curves of several runs one above the other (say ``overfit`` vs ``dropout``) into ``output``.
 
     The curves come from each run's checkpoint, where :class:`LessonPictures` keeps them; ``output`` is never
-    overwritten.
+    overwritten (:class:`~gpu_lessons.errors.OutputExistsError`).
     """
-    output = Path(output)
-    if output.exists():
-        raise UserError(f"{output} already exists; delete it or choose another --output")
+    output = refuse_existing(output)  # before the checkpoints are read
     runs: dict[str, History] = {}
     for path in map(Path, checkpoints):
         callbacks = load_checkpoint(path).get("callbacks")
         state = callbacks.get(LessonPictures.__qualname__) if isinstance(callbacks, dict) else None
         history = checked_history(state.get("history") if isinstance(state, dict) else None, str(path))
         if not history:
-            raise UserError(f"{path} holds no learning curves (it was not written by `python -m gpu_lessons fit`)")
+            raise UserError(f"{path} holds no learning curves (it was not written by `gpu-lessons fit`)")
         # checkpoints/overfit/version_0/last.ckpt is the run "overfit/version_0"
         in_version = re.fullmatch(r"version_\d+", path.parent.name) is not None
         runs["/".join(path.parent.parts[-2:]) if in_version else f"{path.parent.name}/{path.stem}"] = history
-    pixels = render(learning_curves_figure(runs))
-    try:
-        write_atomically(output, lambda file: PIL.Image.fromarray(pixels).save(file, "PNG"), overwrite=False)
-    except FileExistsError:
-        raise UserError(f"{output} appeared while drawing; it was left as it is") from None
-    except OSError as error:
-        raise UserError(f"cannot write {output}: {error.strerror or error}") from None
-    return output
+    png = io.BytesIO()
+    PIL.Image.fromarray(render(learning_curves_figure(runs))).save(png, "PNG")
+    return write_new_file(output, png.getvalue())
 
 
-def main(argv: Optional[list[str]] = None, prog: str = "python -m gpu_lessons.pictures") -> int:
-    """``python -m gpu_lessons.pictures CKPT CKPT... --output compare.png``: runs' learning curves side by side."""
-    parser = argparse.ArgumentParser(prog=prog, description=compare_runs.__doc__.splitlines()[0])
-    parser.add_argument("checkpoints", nargs="+", help="the runs' checkpoints, e.g. checkpoints/overfit/last.ckpt")
-    parser.add_argument("--output", required=True, help="the PNG file to write")
-    args = parser.parse_args(argv)
-    try:
-        print(f"wrote {compare_runs(args.checkpoints, args.output)}")
-    except UserError as error:
-        print_error(error)
-        return 2
+def _parser(prog: str) -> argparse.ArgumentParser:
+    parser = CommandParser(prog=prog, description=compare_runs.__doc__.splitlines()[0])
+    parser.add_argument("checkpoints", nargs="+", help="the runs' checkpoints: checkpoints/overfit/version_0/last.ckpt ...")
+    parser.add_argument("--output", required=True, help="the PNG file to write (never over an existing file)")
+    return parser
+
+
+def _compare(args: argparse.Namespace) -> int:
+    print(f"wrote {compare_runs(args.checkpoints, args.output)}")
     return 0
+
+
+def main(argv: Optional[list[str]] = None, prog: str = "gpu-lessons pictures") -> int:
+    """``gpu-lessons pictures CKPT CKPT... --output compare.png``: runs' learning curves side by side; the exit code
+    (:mod:`gpu_lessons.errors`)."""
+    return run_command(lambda: _compare(_parser(prog).parse_args(argv)))
 
 
 if __name__ == "__main__":

@@ -12,7 +12,7 @@ import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 from torch import Tensor
 
-from gpu_lessons.checkpointing import write_atomically
+from gpu_lessons.checkpointing import refuse_existing, write_new_file
 from gpu_lessons.errors import UserError
 from gpu_lessons.models.tasks import BinaryTask, MulticlassTask, RegressionTask
 
@@ -103,8 +103,8 @@ class PredictionPrinter(Callback):
         self._check_output()
 
     def _check_output(self) -> None:
-        if self.output is not None and self.output.exists():
-            raise UserError(f"{self.output} already exists; delete it or choose another --output")
+        if self.output is not None:
+            refuse_existing(self.output)
 
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         if stage != "predict":
@@ -147,10 +147,4 @@ class PredictionPrinter(Callback):
         writer = csv.DictWriter(text, fieldnames=list(self.rows[0].values))
         writer.writeheader()
         writer.writerows(row.values for row in self.rows)
-        data = text.getvalue().encode("utf-8")
-        try:
-            write_atomically(path, lambda file: file.write(data), overwrite=False)
-        except FileExistsError:
-            raise UserError(f"{path} appeared while predicting; it was left as it is") from None
-        except OSError as error:
-            raise UserError(f"cannot write {path}: {error}") from None
+        write_new_file(path, text.getvalue().encode("utf-8"))

@@ -31,7 +31,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
     with pytest.MonkeyPatch.context() as patch:
         patch.chdir(workdir)
         cli = run("fit", "regression", "--trainer.max_epochs", "2")
-    return Path(cli.trainer.checkpoint_callback.last_model_path)
+    return Path(cli.trainer.checkpoint_callback.dirpath, "last.ckpt")
 
 
 @pytest.fixture
@@ -183,14 +183,20 @@ def test_another_lessons_checkpoint_is_named_not_called_unsafe(trained: Path) ->
         CNNLesson.load_from_checkpoint(trained)
 
 
-def test_lightning_cli_still_calls_the_step_that_is_replaced() -> None:
-    """LessonCLI replaces LightningCLI's ``_parse_ckpt_path`` (the merge that would import what a checkpoint names).
-    If a Lightning release stops calling it by that name, the merge would run unchecked: fail here first."""
-    import inspect
+def test_the_cli_reads_a_checkpoint_once_and_lightnings_merge_never_sees_it(
+    trained: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """LightningCLI's own merge of a checkpoint's hyperparameters into the config would read the file again and hand
+    its ``class_path`` to jsonargparse; LessonCLI holds ``ckpt_path`` back until that step is over. The file is read
+    twice in all: by the CLI's checks, and by the trainer restoring it."""
+    monkeypatch.chdir(tmp_path)
+    reads, load = [], torch.load
 
-    from lightning.pytorch.cli import LightningCLI
+    def counted_load(file: Any, *args: Any, **kwargs: Any) -> Any:
+        reads.append(Path(file))
+        return load(file, *args, **kwargs)
 
-    from gpu_lessons.cli import LessonCLI
-
-    assert "self._parse_ckpt_path()" in inspect.getsource(LightningCLI.__init__)
-    assert LessonCLI._parse_ckpt_path is not LightningCLI._parse_ckpt_path
+    monkeypatch.setattr(torch, "load", counted_load)
+    tested = run("test", "regression", "--ckpt_path", str(trained))
+    assert reads.count(trained) == 2
+    assert tested.config.test.ckpt_path == str(trained)  # and the trainer was given it

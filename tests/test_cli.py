@@ -10,12 +10,18 @@ from unittest import mock
 import pytest
 import torch
 
+import yaml
+from jsonargparse import Namespace
+from lightning.fabric.plugins import TorchCheckpointIO
 from lightning.pytorch import LightningModule, Trainer
-from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, ProgressBar
 
 from gpu_lessons import cli as cli_module
-from gpu_lessons.checkpointing import LessonCheckpoint, load_checkpoint
+from gpu_lessons.callbacks import FiniteLossGuard, RandomStates
+from gpu_lessons.checkpointing import AtomicCheckpointIO, CheckpointOnSigterm, LessonCheckpoint, load_checkpoint
+from gpu_lessons.cli import LessonCLI
 from gpu_lessons.models import MLPLesson
+from gpu_lessons.predictions import PredictionPrinter
 
 from .conftest import CONFIGS, REPO
 from .helpers import metric, run
@@ -84,34 +90,107 @@ class GetsWorse(LightningModule):
         return torch.optim.SGD(self.parameters(), lr=0.1)
 
 
+def _defaults(*args: str) -> Namespace:
+    """The config the CLI builds for the regression lesson, with ``args``, as ``--print_config`` shows it."""
+    with mock.patch.object(sys, "argv", ["gpu_lessons"]):
+        return LessonCLI(args=["--config", "regression", *args], run=False).config
+
+
 @pytest.mark.parametrize("on_train_epoch_end", [False, True])
 def test_last_checkpoint_is_the_latest_epoch_even_when_validation_gets_worse(
     workdir: Path, on_train_epoch_end: bool
 ) -> None:
-    """Lightning 2.6's ModelCheckpoint writes last.ckpt only beside a new best; a resume would then redo epochs."""
-    checkpoint = LessonCheckpoint(
-        dirpath="ckpts", monitor="val/loss", save_last=True, save_on_train_epoch_end=on_train_epoch_end
-    )
+    """Lightning 2.6's save_last writes last.ckpt only beside a new best; the CLI's last_checkpoint writes it every
+    epoch, whenever the best checkpoint is saved (after validation, or at the training epoch's end)."""
+    config = _defaults()
+    best = LessonCheckpoint(**{**config.checkpoint, "dirpath": "ckpts", "save_on_train_epoch_end": on_train_epoch_end})
+    latest = ModelCheckpoint(**{**config.last_checkpoint, "dirpath": "ckpts"})
     trainer = Trainer(
-        max_epochs=3, callbacks=[checkpoint], logger=False, enable_progress_bar=False, enable_model_summary=False
+        max_epochs=3, callbacks=[best, latest], logger=False, enable_progress_bar=False, enable_model_summary=False
     )
     batches = torch.ones(4, 2, 1)
     trainer.fit(GetsWorse(), train_dataloaders=batches, val_dataloaders=batches)
     last = load_checkpoint(workdir / "ckpts" / "last.ckpt")
     assert (last["epoch"], last["global_step"]) == (2, 3 * 4)
-    assert Path(checkpoint.best_model_path).name == "epoch=0-step=4.ckpt"  # the best is still the first epoch
-    assert sorted(p.name for p in (workdir / "ckpts").iterdir()) == ["epoch=0-step=4.ckpt", "last.ckpt"]
+    assert Path(best.best_model_path).name == "epoch000-val_loss0.0000.ckpt"  # the best is still the first epoch
+    assert sorted(p.name for p in (workdir / "ckpts").iterdir()) == ["epoch000-val_loss0.0000.ckpt", "last.ckpt"]
 
 
-def test_last_checkpoint_state_carries_over_from_lightnings_own_class() -> None:
-    """A run saved with ``ModelCheckpoint`` resumes with its best paths and scores under ``LessonCheckpoint``."""
-    settings = {"monitor": "val/loss", "mode": "min", "every_n_epochs": 1}
-    assert LessonCheckpoint(**settings).state_key == ModelCheckpoint(**settings).state_key
+@pytest.mark.parametrize("save_last", [True, "link"])
+def test_save_last_on_the_best_checkpoint_is_refused_with_the_reason(save_last: object) -> None:
+    with pytest.raises(ValueError, match="written every epoch by last_checkpoint"):
+        LessonCheckpoint(monitor="val/loss", save_last=save_last)
 
 
-def test_a_last_checkpoint_link_is_refused_with_the_reason() -> None:
-    with pytest.raises(ValueError, match="link to the best checkpoint, not the latest epoch"):
-        LessonCheckpoint(monitor="val/loss", save_last="link")
+# What the CLI adds to the trainer, each a key of the config: its class, or how to spot it in the built trainer.
+CLI_DEFAULTS = {
+    "sigterm_checkpoint": "gpu_lessons.checkpointing.CheckpointOnSigterm",
+    "finite_loss_guard": "gpu_lessons.callbacks.FiniteLossGuard",
+    "random_states": "gpu_lessons.callbacks.RandomStates",
+    "lr_monitor": "lightning.pytorch.callbacks.LearningRateMonitor",
+    "progress_bar": "gpu_lessons.progress.EpochLines",  # output is not a terminal under pytest
+    "predictions": "gpu_lessons.predictions.PredictionPrinter",
+}
+
+
+def test_every_callback_and_plugin_the_cli_adds_is_in_the_config(capsys: pytest.CaptureFixture) -> None:
+    with pytest.raises(SystemExit) as exit_info, mock.patch.object(sys, "argv", ["gpu_lessons"]):
+        cli_module.cli_main(["fit", "--config", "regression", "--print_config"])
+    assert exit_info.value.code == 0
+    printed = yaml.safe_load(capsys.readouterr().out)
+    for key, class_path in CLI_DEFAULTS.items():
+        assert printed[key]["class_path"] == class_path, key
+    assert printed["lr_monitor"]["init_args"]["logging_interval"] == "epoch"
+    assert printed["checkpoint"]["monitor"] == "val/loss" and not printed["checkpoint"]["save_last"]
+    assert printed["last_checkpoint"]["filename"] == "last" and printed["last_checkpoint"]["monitor"] is None
+    assert printed["pictures"]["enabled"] is True
+    assert printed["trainer"]["plugins"] == [{"class_path": "gpu_lessons.checkpointing.AtomicCheckpointIO"}]
+
+    with mock.patch.object(sys, "argv", ["gpu_lessons"]):
+        trainer = LessonCLI(args=["--config", "regression"], run=False).trainer
+    assert {class_path.rsplit(".", 1)[1] for class_path in CLI_DEFAULTS.values()} <= {
+        type(c).__name__ for c in trainer.callbacks
+    }
+    assert [type(c) for c in trainer.checkpoint_callbacks] == [LessonCheckpoint, ModelCheckpoint]
+    assert isinstance(trainer.strategy.checkpoint_io, AtomicCheckpointIO)
+
+
+def test_each_callback_and_plugin_the_cli_adds_can_be_switched_off_from_the_config(workdir: Path) -> None:
+    switched_off = {key: None for key in CLI_DEFAULTS}
+    switched_off.update(
+        {"last_checkpoint": {"save_top_k": 0}, "pictures": {"enabled": False}, "trainer": {"plugins": None}}
+    )
+    (workdir / "off.yaml").write_text(yaml.safe_dump(switched_off))
+    with mock.patch.object(sys, "argv", ["gpu_lessons"]):
+        cli = cli_module.cli_main(["fit", "--config", "step_lr", "--config", "off.yaml", "--trainer.max_epochs", "2"])
+    added = (CheckpointOnSigterm, FiniteLossGuard, RandomStates, LearningRateMonitor, ProgressBar, PredictionPrinter)
+    assert not [c for c in cli.trainer.callbacks if isinstance(c, added)]
+    assert type(cli.trainer.strategy.checkpoint_io) is TorchCheckpointIO
+    run_folder = workdir / "checkpoints/step_lr/version_0"
+    assert [p.name for p in run_folder.iterdir()] == [Path(cli.trainer.checkpoint_callback.best_model_path).name]
+    assert "RandomStates" not in load_checkpoint(cli.trainer.checkpoint_callback.best_model_path)["callbacks"]
+    assert not (workdir / "lightning_logs/step_lr/version_0/pictures").exists()
+
+
+def test_without_a_logger_or_progress_bar_their_callbacks_are_left_out(workdir: Path) -> None:
+    config = _defaults("--trainer.logger", "false", "--trainer.enable_progress_bar", "false")
+    assert config.lr_monitor is None and config.progress_bar is None
+    run("fit", "step_lr", "--trainer.max_epochs", "1", "--trainer.logger", "false")  # LearningRateMonitor would fail
+
+
+def test_a_runs_config_yaml_runs_it_again_into_the_next_folders(workdir: Path) -> None:
+    """config.yaml holds every setting of the run, callbacks included, but not the folders picked for it."""
+    first = run("fit", "step_lr", "--trainer.max_epochs", "2")
+    saved = workdir / "lightning_logs/step_lr/version_0/config.yaml"
+    with mock.patch.object(sys, "argv", ["gpu_lessons"]):
+        again = cli_module.cli_main(["fit", "--config", str(saved)])
+    assert again.config.fit.run_name == "step_lr" and again.trainer.max_epochs == 2
+    assert [type(c) for c in again.trainer.callbacks] == [type(c) for c in first.trainer.callbacks]
+    before, after = (load_checkpoint(workdir / f"checkpoints/step_lr/version_{n}/last.ckpt") for n in (0, 1))
+    assert before["global_step"] == after["global_step"] == 2
+    for name, tensor in before["state_dict"].items():
+        assert torch.equal(tensor, after["state_dict"][name]), name
+    assert (workdir / "lightning_logs/step_lr/version_1/config.yaml").is_file()
 
 
 def test_every_run_gets_its_own_log_folder_with_its_config(workdir: Path) -> None:

@@ -247,7 +247,7 @@ def _damaged_checkpoints(workdir: Path) -> None:
     damage = {
         "state_dict_5": lambda c: c.update(state_dict=5),
         "wrong_shapes": lambda c: c["state_dict"].update({"net.layer1.weight": torch.zeros(3, 3)}),
-        "bad_rng": lambda c: c.update(rng_states={"torch": "seeds", "cuda": None, "python": None}),
+        "bad_rng": lambda c: c["callbacks"].update(RandomStates={"torch": "seeds", "cuda": None, "python": None}),
         "bad_loops": lambda c: c.update(loops=5),
         "weights_only": lambda c: [c.pop(k) for k in ("optimizer_states", "lr_schedulers", "loops")],
         "bad_history": lambda c: c["callbacks"].update(LessonPictures={"history": [{"epoch": "one"}]}),
@@ -269,7 +269,7 @@ BAD_INPUTS = {
     "negative lr": (["fit", "classifier", "--model.init_args.optimizer.init_args.lr", "-0.1"], "Invalid learning rate: -0.1"),
     "dropout 1.5": (["fit", "dropout", "--model.init_args.dropout", "1.5"], "dropout must be a probability in [0, 1)"),
     "label smoothing 1": (["fit", "mlp", "--model.init_args.label_smoothing", "1"], "label_smoothing must be in [0, 1)"),
-    "last.ckpt as a link": (["fit", "classifier", "--checkpoint.save_last", "link"], "save_last='link' would make last.ckpt"),
+    "last.ckpt as a link": (["fit", "classifier", "--checkpoint.save_last", "link"], "last.ckpt, the latest epoch, is written every epoch by last_checkpoint"),
     "noise < 0": (["fit", "regression", "--data.init_args.noise", "-1"], "noise must be >= 0"),
     "missing config file": (["fit", "--config", "nope.yaml"], "nope.yaml"),
     "missing ckpt_path": (["test", "regression", "--ckpt_path", "checkpoints/regression/gone.ckpt"], "no such checkpoint file"),
@@ -278,7 +278,7 @@ BAD_INPUTS = {
     "tensor file, not a checkpoint": (["test", "regression", "--ckpt_path", "tensor.pt"], "not a Lightning checkpoint"),
     "foreign-lesson ckpt_path": (
         ["test", "regression", "--ckpt_path", "checkpoints/classifier/version_0/last.ckpt"],
-        "was trained by gpu_lessons.models.BlobClassifierLesson, but the config's model is gpu_lessons.models.RegressionLesson",
+        "holds a BlobClassifierLesson, not a RegressionLesson",
     ),
     "missing MNIST offline": (["fit", "mlp", "--data.init_args.data_dir", "no_data", "--data.init_args.download", "false"], "MNIST is not in"),
     "unwritable checkpoints folder": (["fit", "classifier", "--checkpoint.dirpath", "notes.txt/ckpts"], "notes.txt is a file, not a folder"),
@@ -323,7 +323,7 @@ BAD_INPUTS = {
     "init_weights for test": (["test", "regression", "--init_weights", "last"], "--init_weights is for fit"),
     "init_weights of another lesson": (
         ["fit", "regression", "--init_weights", "checkpoints/classifier/version_0/last.ckpt"],
-        "was trained by gpu_lessons.models.BlobClassifierLesson, but the config's model is gpu_lessons.models.RegressionLesson",
+        "holds a BlobClassifierLesson, not a RegressionLesson",
     ),
     "init_weights last before any run": (["fit", "step_lr", "--init_weights", "last"], "--init_weights last: run 'step_lr' has no checkpoint"),
     "init_weights of the wrong shapes": (["fit", "regression", "--init_weights", "wrong_shapes.ckpt"], "net.layer1.weight of shape [3, 3], not [8, 1]"),

@@ -11,8 +11,11 @@ import pytest
 
 from gpu_lessons.checkpointing import load_checkpoint
 
+from .conftest import REPO
 from .helpers import run
 from .test_reliability import SHUFFLED_DROPOUT, cli_process
+
+FIXTURES = REPO / "tests" / "fixtures"
 
 
 @pytest.fixture
@@ -75,3 +78,18 @@ def test_a_run_that_fails_before_its_first_checkpoint_leaves_no_folders(workdir:
     assert "the training loss became nan at step 1" in capsys.readouterr().err
     assert sorted(p.name for p in (workdir / "lightning_logs/step_lr").iterdir()) == ["version_0"]
     assert sorted(p.name for p in (workdir / "checkpoints/step_lr").iterdir()) == ["version_0"]
+
+
+@pytest.mark.parametrize("into", ["a folder of its own", "its own folder"])
+def test_a_checkpoint_of_the_old_format_resumes_with_a_last_ckpt_that_is_the_latest(workdir: Path, into: str) -> None:
+    """Written before last.ckpt had a callback of its own (its best-checkpoint state is under another key): it
+    resumes, and nowhere does a stale last.ckpt stay beside a new last-v1.ckpt."""
+    old = workdir / "old"
+    old.mkdir()
+    shutil.copy(FIXTURES / "regression_98c0fa1.ckpt", old / "last.ckpt")
+    folder = ["--checkpoint.dirpath", "old"] if into == "its own folder" else []
+    run("fit", "regression", "--trainer.max_epochs", "3", "--ckpt_path", "old/last.ckpt", *folder)
+    resumed = old if folder else workdir / "checkpoints/regression/version_0"
+    last = load_checkpoint(resumed / "last.ckpt")
+    assert (last["epoch"], last["global_step"]) == (2, 300)  # two epochs of 100 steps in the checkpoint, and one more
+    assert not list(workdir.rglob("last-v*.ckpt"))

@@ -95,11 +95,11 @@ class Lesson(LightningModule):
         lesson the checkpoint names when that class is already imported (``from gpu_lessons.models import ...``).
         ``kwargs`` override the checkpoint's hyperparameters and may be anything: they come from your own code.
         """
-        if kwargs.pop("weights_only", True) is not True:
-            raise CheckpointError("gpu_lessons loads checkpoints with weights_only=True only")
+        weights_only = kwargs.pop("weights_only", None)
         if not isinstance(checkpoint_path, (str, os.PathLike)):
             raise CheckpointError(f"load_from_checkpoint takes a file path, got {type(checkpoint_path).__name__}")
-        return cls.from_checkpoint(load_checkpoint(checkpoint_path), checkpoint_path, map_location, **kwargs)
+        checkpoint = load_checkpoint(checkpoint_path, weights_only=weights_only)
+        return cls.from_checkpoint(checkpoint, checkpoint_path, map_location, **kwargs)
 
     @classmethod
     def from_checkpoint(
