@@ -15,7 +15,6 @@ from typing import Any, Optional
 
 import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
-from lightning.pytorch.trainer.states import TrainerFn
 from torch import Tensor
 
 from gpu_lessons.errors import CheckpointError, NonFiniteLossError
@@ -41,7 +40,9 @@ class FiniteLossGuard(Callback):
     """
 
     def __init__(self, check_every_n_steps: Optional[int] = None) -> None:
-        if check_every_n_steps is not None and (isinstance(check_every_n_steps, bool) or check_every_n_steps < 1):
+        if check_every_n_steps is not None and (
+            isinstance(check_every_n_steps, bool) or not isinstance(check_every_n_steps, int) or check_every_n_steps < 1
+        ):
             raise ValueError(f"check_every_n_steps must be a positive integer or null, got {check_every_n_steps!r}")
         self.check_every_n_steps = check_every_n_steps
         self._first_bad_step: Optional[Tensor] = None  # 0 until a non-finite loss is seen, then that step (1-based)
@@ -68,6 +69,11 @@ class FiniteLossGuard(Callback):
         if step % self._interval == 0:
             self._raise_if_seen(trainer, current_step=step)
 
+    def on_validation_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        """No validation (and no checkpoint after it) of weights a bad step has reached."""
+        if not trainer.sanity_checking and self._first_bad_step is not None:
+            self._raise_if_seen(trainer)
+
     def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         """No epoch ends with a bad step unreported (before its metrics are logged or it is checkpointed)."""
         self._raise_if_seen(trainer)
@@ -90,7 +96,7 @@ class FiniteLossGuard(Callback):
         if not seen:
             return
         if step == 0:
-            value, step = "NaN or infinite on another process", trainer.global_step
+            value, step = "NaN or infinite on another process", trainer.global_step + 1  # by this step, at the latest
         elif step == current_step:  # read at its own step: the value and the batch are known
             value = f"{self._loss.item()}"
         else:
@@ -113,7 +119,7 @@ class RandomStates(Callback):
     """
 
     def __init__(self) -> None:
-        self._fitting = False
+        self._restored: Optional[dict[str, Any]] = None  # states to continue from, once training starts
 
     def state_dict(self) -> dict[str, Any]:
         return {
@@ -122,20 +128,29 @@ class RandomStates(Callback):
             "python": random.getstate(),
         }
 
+    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        """Forget states restored for an earlier run (Lightning restores callbacks before every stage)."""
+        self._restored = None
+
     def on_load_checkpoint(self, trainer: Trainer, pl_module: LightningModule, checkpoint: dict[str, Any]) -> None:
-        """Runs just before :meth:`load_state_dict`: note whether this is a resumed fit, and restore the states of a
-        checkpoint from before this callback (which has none under its key)."""
-        self._fitting = trainer.state.fn == TrainerFn.FITTING
+        """A checkpoint from before this callback has no state under its key, but the same states under
+        ``checkpoint["rng_states"]``."""
         if self.state_key not in checkpoint.get("callbacks", {}) and checkpoint.get("rng_states") is not None:
             self.load_state_dict(checkpoint["rng_states"])
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        if not self._fitting:
+        self._restored = state_dict
+
+    def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        """Continue the random streams where the checkpoint left them, just before the first training batch (only a
+        fit trains: testing or predicting from a checkpoint leaves the global generators alone)."""
+        if self._restored is None:
             return
+        states, self._restored = self._restored, None
         try:
-            torch.set_rng_state(state_dict["torch"])
-            if state_dict["cuda"] is not None and torch.cuda.is_available():
-                torch.cuda.set_rng_state(state_dict["cuda"])
-            random.setstate(state_dict["python"])
+            torch.set_rng_state(states["torch"])
+            if states["cuda"] is not None and torch.cuda.is_available():
+                torch.cuda.set_rng_state(states["cuda"])
+            random.setstate(states["python"])
         except (KeyError, TypeError, ValueError, RuntimeError) as error:
             raise CheckpointError(f"the checkpoint's random-number states are damaged ({type(error).__name__}: {error})") from None

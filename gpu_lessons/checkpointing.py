@@ -15,9 +15,10 @@ from pathlib import Path
 from typing import IO, Any, Callable, Literal, Optional, TypeVar, Union
 
 import torch
-from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
+from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from gpu_lessons.errors import CheckpointError, OutputExistsError
@@ -274,17 +275,15 @@ class CheckpointOnSigterm(Callback):
     included), so ``fit --ckpt_path .../last.ckpt`` continues as if never stopped.
     """
 
-    saved: Optional[str] = None  # where the checkpoint went, for the CLI's last words after the exception
-
-    def __init__(self) -> None:
-        type(self).saved = None
-
     def on_exception(self, trainer: Trainer, pl_module: LightningModule, exception: BaseException) -> None:
+        """Save, and say where and how to resume (the exception then ends the run with exit code 143)."""
         checkpoint = trainer.checkpoint_callback
-        if isinstance(exception, SIGTERMException) and trainer.state.fn == "fit" and checkpoint is not None:
+        if isinstance(exception, SIGTERMException) and trainer.state.fn == TrainerFn.FITTING and checkpoint is not None:
             path = os.path.join(checkpoint.dirpath, checkpoint.CHECKPOINT_NAME_LAST + checkpoint.FILE_EXTENSION)
             trainer.save_checkpoint(path)
-            type(self).saved = path
+            if trainer.is_global_zero:
+                shown = path if os.path.relpath(path).startswith("..") else os.path.relpath(path)
+                sys.stderr.write(f"gpu_lessons: on SIGTERM, saved {shown}; resume with `fit --ckpt_path {shown}`\n")
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):

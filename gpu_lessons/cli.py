@@ -30,7 +30,7 @@ from jsonargparse import Namespace
 from lightning.pytorch import LightningDataModule, Trainer
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, ProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
-from lightning.pytorch.utilities.exceptions import MisconfigurationException, SIGTERMException
+from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
 from gpu_lessons import __version__
 from gpu_lessons.callbacks import FiniteLossGuard, RandomStates
@@ -671,9 +671,6 @@ def cli_main(args: Optional[list[str]] = None) -> LessonCLI:
     try:
         return LessonCLI(args=args)
     except BaseException as error:
-        if isinstance(error, SIGTERMException) and CheckpointOnSigterm.saved:
-            saved = _shown(CheckpointOnSigterm.saved)
-            sys.stderr.write(f"gpu_lessons: on SIGTERM, saved {saved}; resume with `fit --ckpt_path {saved}`\n")
         code = exit_code(error)
         if code is None:
             raise

@@ -39,7 +39,9 @@ def check(lesson: str, data_dir: Path, workdir: Path) -> tuple[float, float, flo
     fitted = cli_main(["fit", *common])
     fit_seconds = time.perf_counter() - start
     after_fit = fitted.trainer.test(fitted.model, datamodule=fitted.datamodule, verbose=False)[0]["test/acc"]
-    tested = cli_main(["test", *common, "--ckpt_path", fitted.trainer.checkpoint_callback.last_model_path])
+    last = Path(fitted.trainer.checkpoint_callback.dirpath) / "last.ckpt"  # the run's latest epoch (last_checkpoint)
+    assert last.is_file(), f"fit wrote no {last}"
+    tested = cli_main(["test", *common, "--ckpt_path", str(last)])
     from_checkpoint = float(tested.trainer.callback_metrics["test/acc"])
     return fit_seconds, after_fit, from_checkpoint
 

@@ -64,23 +64,28 @@ def test_a_resumed_fit_draws_the_same_dropout_masks(tmp_path) -> None:
         assert torch.equal(tensor, resumed[name]), name
 
 
-def test_a_checkpoint_from_before_the_callback_restores_its_states_when_fitting_only(tmp_path) -> None:
+def test_a_checkpoint_from_before_the_callback_restores_its_states_when_training_starts(tmp_path) -> None:
     old = torch.load(REPO / "tests/fixtures/regression_98c0fa1.ckpt", weights_only=True)
-    callback = RandomStates()
-    fitting, testing = _trainer(tmp_path), _trainer(tmp_path)
-    fitting.state.fn, testing.state.fn = "fit", "test"
+    callback, trainer = RandomStates(), _trainer(tmp_path)
     torch.rand(3)
-    callback.on_load_checkpoint(testing, None, old)
-    assert not torch.equal(torch.get_rng_state(), old["rng_states"]["torch"])
-    callback.on_load_checkpoint(fitting, None, old)
+    callback.on_load_checkpoint(trainer, None, old)
+    assert not torch.equal(torch.get_rng_state(), old["rng_states"]["torch"])  # restoring alone (test, predict): no
+    callback.on_train_start(trainer, None)
     assert torch.equal(torch.get_rng_state(), old["rng_states"]["torch"])
     assert random.getstate() == old["rng_states"]["python"]
 
 
+def test_states_restored_for_a_test_never_reach_a_later_fit(tmp_path) -> None:
+    callback, trainer = RandomStates(), _trainer(tmp_path)
+    callback.load_state_dict(callback.state_dict())
+    before = torch.rand(3)
+    callback.setup(trainer, None, "fit")  # a new stage
+    callback.on_train_start(trainer, None)
+    assert not torch.equal(torch.rand(3), before)  # the generator went on; nothing was rewound
+
+
 def test_damaged_random_states_are_one_clear_error(tmp_path) -> None:
     callback = RandomStates()
-    trainer = _trainer(tmp_path)
-    trainer.state.fn = "fit"
-    callback.on_load_checkpoint(trainer, None, {"callbacks": {callback.state_key: {}}, "state_dict": {}})
+    callback.load_state_dict({"torch": "not a state"})
     with pytest.raises(CheckpointError, match="random-number states are damaged"):
-        callback.load_state_dict({"torch": "not a state"})
+        callback.on_train_start(_trainer(tmp_path), None)

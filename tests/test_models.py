@@ -12,7 +12,6 @@ from gpu_lessons.models import (
     BlobClassifierNet,
     CNNLesson,
     DropoutLesson,
-    Lesson,
     MLPLesson,
     MNISTNet,
     OverfitNet,

@@ -173,7 +173,6 @@ class MNISTDataModule(TensorDataModule):
             self._unpack_archives()
             if not self._files_present():
                 raise self._missing_error("setup never downloads (prepare_data does)")
-        name = self.dataset_class.__name__
         try:
             dataset = self.dataset_class(self.data_dir, train=train, transform=transform, download=False)
         except Exception as error:  # torchvision's IDX reader fails with asserts, RuntimeErrors, ValueErrors, ...

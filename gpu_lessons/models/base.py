@@ -36,8 +36,8 @@ class Lesson(LightningModule):
     Args:
         net: The plain PyTorch network. For classification it returns logits (no sigmoid/softmax).
         criterion: The loss, e.g. ``nn.MSELoss()``.
-        train_metric: The training metric. It updates every step, so it should skip input checks that read values
-            back from a GPU (torchmetrics' ``validate_args=False``).
+        train_metric: The training metric, updated once per epoch with the epoch's steps (it may skip torchmetrics'
+            input checks, ``validate_args=False``: its inputs come from the lesson's own step).
         eval_metric: Builds the validation and test metric.
         best_metric: Tracks the best validation metric so far (``MinMetric`` or ``MaxMetric``).
         optimizer: Builds the optimizer from the parameters, e.g. ``torch.optim.Adam`` or a partial with an lr.
@@ -75,8 +75,8 @@ class Lesson(LightningModule):
             optimizer([nn.Parameter(torch.zeros(1))])
         except (ValueError, TypeError) as error:
             raise UserError(f"invalid optimizer arguments: {error}") from None
-        # One metric object per stage, so their states never mix. The training loss skips the mean's NaN scan (a read
-        # from the GPU): a NaN is FiniteLossGuard's job, and it shows in the epoch's mean.
+        # One metric object per stage, so their states never mix. A NaN training loss stays in the epoch's mean
+        # ("warn" would drop it, and scan for it on the host); stopping at one is FiniteLossGuard's job.
         self.train_loss = MeanMetric(nan_strategy="disable")  # "disable" needs torchmetrics >= 1.6.2
         self.train_metric = train_metric
         self.train_step_outputs: list[tuple[Tensor, Tensor, Tensor]] = []  # this epoch's, fed to the metrics at its end
@@ -163,6 +163,10 @@ class Lesson(LightningModule):
         """Forget what the sanity check put into the validation metrics."""
         self.val_metric.reset()
         self.val_metric_best.reset()
+
+    def on_train_epoch_start(self) -> None:
+        """Start the epoch's outputs afresh (a fit that stopped part-way, e.g. at a NaN, left its own behind)."""
+        self.train_step_outputs.clear()
 
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
         """One optimisation step. Its loss, predictions and targets are kept, on the device, for the epoch's metrics:
