@@ -253,6 +253,11 @@ class LessonCLI(LightningCLI):
         if config.last_checkpoint.dirpath is None:
             config.last_checkpoint.dirpath = config.checkpoint.dirpath
             self._run_folders.append("last_checkpoint.dirpath")
+        elif os.path.abspath(config.last_checkpoint.dirpath) != os.path.abspath(config.checkpoint.dirpath):
+            # one folder per run is what keeps runs apart, SIGTERM saves beside them and --ckpt_path last finds them
+            raise UserError(
+                "last_checkpoint.dirpath must be the run's checkpoint folder; choose the folder with --checkpoint.dirpath"
+            )
 
     def _place_fit_checkpoints(self, config: Namespace) -> None:
         """Every fit writes into folders of its own: ``checkpoints/<run>/version_N/`` beside
@@ -315,6 +320,10 @@ class LessonCLI(LightningCLI):
         subcommand = self.config.get("subcommand")
         config = self.config.get(subcommand) if subcommand else self.config
         config.run_name = _checked_run_name(config.run_name or _default_run_name(config))
+        if subcommand and config.get("weights_only") is None:
+            # Lightning's own read of the checkpoint is then weights-only whatever the plugins or the environment
+            # (TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD) say; the run's config.yaml records it. False is refused when read.
+            config.weights_only = True
         if config.get("init_weights"):
             if subcommand not in ("fit", None):  # None: run=False, the caller drives the trainer
                 raise UserError("--init_weights is for fit: it starts training from a checkpoint's weights")
