@@ -8,7 +8,8 @@ way: a problem the user can fix is one ``error:`` line on stderr, no traceback, 
   write or read, a doctor check.
 * 2 (``EXIT_BAD_INPUT``): bad input, refused: an argument, a config, a checkpoint, a dataset, an output file that
   already exists.
-* 143 (``EXIT_SIGTERM``, 128 + SIGTERM): stopped by SIGTERM, after saving the run's ``last.ckpt``.
+* 143 (``EXIT_SIGTERM``, 128 + SIGTERM): stopped by SIGTERM (a fit saves its ``last.ckpt`` first, with the
+  default ``sigterm_checkpoint``).
 
 Anything else is a bug, and keeps its traceback.
 """
@@ -74,7 +75,7 @@ def print_error(message: object) -> None:
 def exit_code(error: BaseException) -> Optional[int]:
     """The one error path: for a problem the user can fix, print its one line and return the exit code (see the
     module docstring); for anything else (a bug) print nothing and return ``None``, for the caller to re-raise."""
-    if isinstance(error, SIGTERMException):  # not an error: the run was asked to stop, and saved where it was
+    if isinstance(error, SIGTERMException):  # not an error: the run was asked to stop
         sys.stderr.write("stopped by SIGTERM\n")
         return EXIT_SIGTERM
     if isinstance(error, UserError):
