@@ -14,6 +14,7 @@ from torch import Tensor
 
 from gpu_lessons.checkpointing import refuse_existing, write_new_file
 from gpu_lessons.errors import UserError
+from gpu_lessons.models.base import batch_inputs
 from gpu_lessons.models.tasks import BinaryTask, MulticlassTask, RegressionTask
 
 # Feature vectors up to this long are shown by their values; longer ones (and images) by their name.
@@ -123,7 +124,7 @@ class PredictionPrinter(Callback):
         batch_idx: int,
         dataloader_idx: int = 0,
     ) -> None:
-        inputs = batch[0] if isinstance(batch, (tuple, list)) else batch
+        inputs = batch_inputs(batch)
         first, count = len(self.rows), len(inputs)
         # What a DataModule may declare about its samples (gpu_lessons' own all do; any other may not)
         names = getattr(trainer.datamodule, "predict_names", None)

@@ -25,6 +25,11 @@ from gpu_lessons.errors import CheckpointError, UserError
 _PER_STEP_SCHEDULERS = (OneCycleLR, CyclicLR)
 
 
+def batch_inputs(batch: Any) -> Tensor:
+    """The inputs of a batch that is either a tensor or an ``(inputs, ...)`` tuple or list."""
+    return batch[0] if isinstance(batch, (tuple, list)) else batch
+
+
 class Lesson(LightningModule):
     """A lesson = one of the course's plain ``nn.Module`` networks plus the training logic they all share.
 
@@ -210,8 +215,7 @@ class Lesson(LightningModule):
 
     def predict_step(self, batch: Any, batch_idx: int) -> Tensor:
         """Predictions for a batch of inputs (a tensor, or an ``(inputs, targets)`` pair)."""
-        inputs = batch[0] if isinstance(batch, (tuple, list)) else batch
-        return self.predictions(self(inputs))
+        return self.predictions(self(batch_inputs(batch)))
 
     def configure_optimizers(self) -> Any:
         """Build the injected optimizer and, if any, the scheduler with the interval and monitor it needs."""
