@@ -48,7 +48,6 @@ class FiniteLossGuard(Callback):
         self._first_bad_step: Optional[Tensor] = None  # 0 until a non-finite loss is seen, then that step (1-based)
         self._interval = 1
         self._batch_idx = 0
-        self._loss: Optional[Tensor] = None
 
     def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         """Pick the interval for this run's device and start with a clean record on it."""
@@ -65,9 +64,8 @@ class FiniteLossGuard(Callback):
         step = trainer.global_step + 1  # 1-based: the optimizer step this loss is for
         first = self._first_bad_step
         first.copy_(torch.where(~torch.isfinite(loss.detach()) & (first == 0), step, first))
-        self._loss = loss.detach()
         if step % self._interval == 0:
-            self._raise_if_seen(trainer, current_step=step)
+            self._raise_if_seen(trainer, current=(step, loss))
 
     def on_validation_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         """No validation (and no checkpoint after it) of weights a bad step has reached."""
@@ -88,20 +86,21 @@ class FiniteLossGuard(Callback):
                     + _ADVICE
                 )
 
-    def _raise_if_seen(self, trainer: Trainer, current_step: Optional[int] = None) -> None:
+    def _raise_if_seen(self, trainer: Trainer, current: Optional[tuple[int, Tensor]] = None) -> None:
+        """Raise if a bad step was recorded here or on any process; ``current`` is the step just checked and its
+        loss, to show the value when that is the bad step."""
         step = 0 if self._first_bad_step is None else int(self._first_bad_step)
         seen = step > 0
         if trainer.world_size > 1:  # any process: all must stop together
             seen = trainer.strategy.reduce_boolean_decision(seen, all=False)
         if not seen:
             return
-        if step == 0:
-            value, step = "NaN or infinite on another process", trainer.global_step + 1  # by this step, at the latest
-        elif step == current_step:  # read at its own step: the value and the batch are known
-            value = f"{self._loss.item()}"
+        if step == 0:  # by this step, at the latest
+            value, step, at_its_step = "NaN or infinite on another process", trainer.global_step + 1, False
         else:
-            value = "NaN or infinite"
-        where = f"step {step} (epoch {trainer.current_epoch}" + (f", batch {self._batch_idx})" if step == current_step else ")")
+            at_its_step = current is not None and step == current[0]  # the value and the batch are known
+            value = f"{current[1].item()}" if at_its_step else "NaN or infinite"
+        where = f"step {step} (epoch {trainer.current_epoch}" + (f", batch {self._batch_idx})" if at_its_step else ")")
         raise NonFiniteLossError(
             f"the training loss became {value} at {where}; training stopped and no checkpoint with non-finite "
             f"weights was written. {_ADVICE}"

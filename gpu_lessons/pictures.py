@@ -242,8 +242,8 @@ class LessonPictures(Callback):
     a :class:`~gpu_lessons.models.MulticlassTask`: the confusion matrix and the misclassified test images (named by
     the DataModule's ``class_names`` attribute, where it declares one).
 
-    The data comes from the batches Lightning hands to the hooks: the last epoch's training batches (at most
-    :attr:`MAX_POINTS` samples, each point drawn once), the last validation's batches, and the test batches with
+    The data comes from the batches Lightning hands to the hooks: the fit's first epoch's training batches (at most
+    :attr:`MAX_POINTS` samples, each point drawn once; every later step only checks a flag), the last validation's batches, and the test batches with
     the lesson's ``test_step`` outputs. So any DataModule works; a picture that does not fit the data is skipped
     with a line that says why. Under DDP, rank zero draws what it saw (its shard of each split).
 
@@ -265,7 +265,8 @@ class LessonPictures(Callback):
         self._finished_epoch: Optional[int] = None
         self._log_dir: Optional[str] = None
         self._batches: dict[str, list[tuple[Tensor, ...]]] = {"train": [], "val": [], "test": []}
-        self._kept = 0  # training samples kept this epoch
+        self._kept = 0  # training samples kept
+        self._collecting = False  # keeping training batches: during the fit's first epoch
 
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         # ``trainer.log_dir`` is a collective call under DDP, so every rank asks here rather than rank zero later.
@@ -281,15 +282,18 @@ class LessonPictures(Callback):
 
     # -- fit: learning curves, and the points for the fitted curve / decision boundary --------------------------
 
+    def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._batches["train"], self._kept, self._collecting = [], 0, self._keeps(trainer)
+
     def on_train_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._record_finished_epoch(trainer)
-        self._batches["train"], self._kept = [], 0
 
     def on_train_batch_end(
         self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
-        # References only (no copy, nothing read back from the device): this runs every step.
-        if self._kept < self.MAX_POINTS and self._keeps(trainer) and _is_points(batch):
+        # References only (no copy, nothing read back from the device), and only in one epoch: the same points come
+        # back every epoch (and, in a full-batch one, every step).
+        if self._collecting and self._kept < self.MAX_POINTS and _is_points(batch):
             self._batches["train"].append((batch[0].detach(), batch[1].detach()))
             self._kept += len(batch[0])
 
@@ -311,6 +315,7 @@ class LessonPictures(Callback):
         # The lesson logs its epoch's training metrics in its own ``on_train_epoch_end``, which Lightning runs after
         # the callbacks' hooks: the epoch is recorded when the next one starts, or when training ends.
         self._finished_epoch = trainer.current_epoch + 1
+        self._collecting = False
 
     def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._record_finished_epoch(trainer)
