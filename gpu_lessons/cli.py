@@ -72,19 +72,41 @@ _LOGGER_DEFAULT_NAME = "lightning_logs"  # TensorBoardLogger's and CSVLogger's o
 _LIGHTNING_CKPT_ALIASES = ("last", "best", "hpc", "registry")
 _RUN_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
 _VERSION = re.compile(r"version_(\d+)")
-# The callbacks the CLI adds beside checkpoint, last_checkpoint and pictures: a top-level key each, defaults set in
-# add_arguments_to_parser (so --print_config and config.yaml show them); null switches one off.
+# The callbacks the CLI adds beside checkpoint, last_checkpoint and pictures: a top-level key each, with the class
+# it may be, its default (set in add_arguments_to_parser, so --print_config and config.yaml show it) and its help;
+# null switches one off. The progress bar's default depends on the output: set beside them.
 _CALLBACKS = {
-    "sigterm_checkpoint": (CheckpointOnSigterm, "fit: on SIGTERM, save last.ckpt at the exact step, then exit 143."),
-    "finite_loss_guard": (FiniteLossGuard, "fit: stop at the first NaN or infinite training loss, naming its step."),
-    "random_states": (RandomStates, "Keep the random-number states in checkpoints, so that a resume is exact."),
-    "lr_monitor": (LearningRateMonitor, "Log the learning rate (left out where trainer.logger is false)."),
+    "sigterm_checkpoint": (
+        CheckpointOnSigterm,
+        {"class_path": "gpu_lessons.checkpointing.CheckpointOnSigterm"},
+        "fit: on SIGTERM, save last.ckpt at the exact step, then exit 143.",
+    ),
+    "finite_loss_guard": (
+        FiniteLossGuard,
+        {"class_path": "gpu_lessons.callbacks.FiniteLossGuard"},
+        "fit: stop at the first NaN or infinite training loss, naming its step.",
+    ),
+    "random_states": (
+        RandomStates,
+        {"class_path": "gpu_lessons.callbacks.RandomStates"},
+        "Keep the random-number states in checkpoints, so that a resume is exact.",
+    ),
+    "lr_monitor": (
+        LearningRateMonitor,
+        {"class_path": "lightning.pytorch.callbacks.LearningRateMonitor", "init_args": {"logging_interval": "epoch"}},
+        "Log the learning rate (left out where trainer.logger is false).",
+    ),
     "progress_bar": (
         ProgressBar,
+        None,
         "A bar redrawn every 10 steps in a terminal, otherwise a line per epoch (left out where "
         "trainer.enable_progress_bar is false).",
     ),
-    "predictions": (PredictionPrinter, "predict: print the predictions (and write --output)."),  # after the bar's line
+    "predictions": (  # after the bar, so that the bar has closed its line before the predictions are printed
+        PredictionPrinter,
+        {"class_path": "gpu_lessons.predictions.PredictionPrinter"},
+        "predict: print the predictions (and write --output).",
+    ),
 }
 
 
@@ -179,7 +201,7 @@ class LessonCLI(LightningCLI):
         parser.add_lightning_class_args(LessonCheckpoint, "checkpoint")
         parser.add_lightning_class_args(ModelCheckpoint, "last_checkpoint")
         parser.add_lightning_class_args(LessonPictures, "pictures")
-        for key, (base, help_text) in _CALLBACKS.items():
+        for key, (base, _, help_text) in _CALLBACKS.items():
             parser.add_subclass_arguments(base, key, required=False, help=f"{help_text} null: none.")
         # Redrawing a bar every step costs ~0.7 ms of Python, as much as a small model's step on a GPU; where output
         # is not a terminal, every redraw would stay in the log: a line per epoch instead.
@@ -203,15 +225,8 @@ class LessonCLI(LightningCLI):
                 "last_checkpoint.save_top_k": 1,
                 "last_checkpoint.save_on_train_epoch_end": True,
                 "last_checkpoint.enable_version_counter": False,
-                "sigterm_checkpoint": {"class_path": "gpu_lessons.checkpointing.CheckpointOnSigterm"},
-                "finite_loss_guard": {"class_path": "gpu_lessons.callbacks.FiniteLossGuard"},
-                "random_states": {"class_path": "gpu_lessons.callbacks.RandomStates"},
-                "lr_monitor": {
-                    "class_path": "lightning.pytorch.callbacks.LearningRateMonitor",
-                    "init_args": {"logging_interval": "epoch"},
-                },
+                **{key: default for key, (_, default, _) in _CALLBACKS.items()},
                 "progress_bar": progress_bar,
-                "predictions": {"class_path": "gpu_lessons.predictions.PredictionPrinter"},
                 "trainer.logger": {
                     "class_path": "lightning.pytorch.loggers.TensorBoardLogger",
                     "init_args": {"save_dir": "lightning_logs"},
