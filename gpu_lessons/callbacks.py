@@ -1,15 +1,18 @@
-"""Callbacks behind two of the README's guarantees, each on Lightning's public hooks only.
+"""Callbacks behind two of the README's guarantees, and one for speed on the CPU, each on Lightning's public hooks.
 
 * :class:`FiniteLossGuard`: a NaN or infinite loss stops training at its step, before it reaches the weights or a
   checkpoint.
 * :class:`RandomStates`: a checkpoint carries the random-number states, so a resumed run draws the same dropout
   masks as an uninterrupted one.
+* :class:`CudaRuntimeCheckOnCpu`: a CPU run's optimizer steps stop asking NVML whether there is a GPU.
 
-The CLI adds both as defaults (``--print_config`` shows them); in your own code, pass them to the ``Trainer``.
+The CLI adds all three as defaults (``--print_config`` shows them); in your own code, pass them to the ``Trainer``.
 """
 
 from __future__ import annotations
 
+import math
+import os
 import random
 from typing import Any, Optional
 
@@ -18,6 +21,9 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 from torch import Tensor
 
 from gpu_lessons.errors import CheckpointError, NonFiniteLossError
+
+# Set by ``import lightning``: torch's CUDA check then asks NVML instead of the CUDA runtime.
+NVML_CHECK_VARIABLE = "PYTORCH_NVML_BASED_CUDA_CHECK"
 
 # On an accelerator, reading the loss back every step would stall the pipeline once per step.
 ACCELERATOR_CHECK_INTERVAL = 32
@@ -28,15 +34,15 @@ _ADVICE = "Lower the learning rate or check the data for NaN/inf values."
 class FiniteLossGuard(Callback):
     """Stop training at the first NaN or infinite training loss, naming its step, and never save such weights.
 
-    Each loss is checked on the device before its backward pass (``on_before_backward``): the first bad step is
-    recorded there without reading anything back, and the record is read every ``check_every_n_steps`` steps, at
-    every epoch's end and before every checkpoint. So with an interval above 1 a bad step is still named exactly and
-    never saved; training just runs a few more steps on NaNs before it stops. Under DDP all processes stop together
-    (the others would otherwise wait forever in the next gradient all-reduce).
+    Each step's loss is kept, still on the device, and the kept losses are read back together every
+    ``check_every_n_steps`` steps, at every epoch's end and before every checkpoint: one read for the lot. So with an
+    interval above 1 a bad step is still named exactly, with its value and batch, and never saved; training just runs
+    a few more steps on NaNs before it stops. Under DDP all processes stop together (the others would otherwise wait
+    forever in the next gradient all-reduce).
 
     Args:
-        check_every_n_steps: How often the record is read. ``None``: every step on the CPU, where reading a value
-            costs nothing, and every :data:`ACCELERATOR_CHECK_INTERVAL` steps on an accelerator.
+        check_every_n_steps: How often the kept losses are read. ``None``: every step on the CPU, where reading a
+            value costs nothing, and every :data:`ACCELERATOR_CHECK_INTERVAL` steps on an accelerator.
     """
 
     def __init__(self, check_every_n_steps: Optional[int] = None) -> None:
@@ -45,31 +51,31 @@ class FiniteLossGuard(Callback):
         ):
             raise ValueError(f"check_every_n_steps must be a positive integer or null, got {check_every_n_steps!r}")
         self.check_every_n_steps = check_every_n_steps
-        self._first_bad_step: Optional[Tensor] = None  # 0 until a non-finite loss is seen, then that step (1-based)
         self._interval = 1
         self._batch_idx = 0
+        self._unread: list[tuple[int, int, Tensor]] = []  # (step, batch, loss) since the last read
 
     def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        """Pick the interval for this run's device and start with a clean record on it."""
+        """Pick the interval for this run's device."""
         on_cpu = trainer.strategy.root_device.type == "cpu"
         self._interval = self.check_every_n_steps or (1 if on_cpu else ACCELERATOR_CHECK_INTERVAL)
-        self._first_bad_step = torch.zeros((), dtype=torch.long, device=trainer.strategy.root_device)
+        self._unread.clear()
 
     def on_train_batch_start(self, trainer: Trainer, pl_module: LightningModule, batch: Any, batch_idx: int) -> None:
         """Remember the batch, to name it in the message."""
         self._batch_idx = batch_idx
 
     def on_before_backward(self, trainer: Trainer, pl_module: LightningModule, loss: Tensor) -> None:
-        """Record the step if its loss is not finite, on the device; read the record every ``interval`` steps."""
+        """Keep the loss (a reference: nothing is computed or read here); read the kept ones every ``interval``
+        steps."""
         step = trainer.global_step + 1  # 1-based: the optimizer step this loss is for
-        first = self._first_bad_step
-        first.copy_(torch.where(~torch.isfinite(loss.detach()) & (first == 0), step, first))
+        self._unread.append((step, self._batch_idx, loss.detach()))
         if step % self._interval == 0:
-            self._raise_if_seen(trainer, current=(step, loss))
+            self._raise_if_seen(trainer)
 
     def on_validation_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         """No validation (and no checkpoint after it) of weights a bad step has reached."""
-        if not trainer.sanity_checking and self._first_bad_step is not None:
+        if not trainer.sanity_checking:
             self._raise_if_seen(trainer)
 
     def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
@@ -86,21 +92,23 @@ class FiniteLossGuard(Callback):
                     + _ADVICE
                 )
 
-    def _raise_if_seen(self, trainer: Trainer, current: Optional[tuple[int, Tensor]] = None) -> None:
-        """Raise if a bad step was recorded here or on any process; ``current`` is the step just checked and its
-        loss, to show the value when that is the bad step."""
-        step = 0 if self._first_bad_step is None else int(self._first_bad_step)
-        seen = step > 0
+    def _raise_if_seen(self, trainer: Trainer) -> None:
+        """Read the kept losses (one copy to the host) and raise at the first that is not finite, here or on any
+        process."""
+        unread, self._unread = self._unread, []
+        values = torch.stack([loss for _, _, loss in unread]).tolist() if unread else []
+        bad = next(((step, batch, value) for (step, batch, _), value in zip(unread, values) if not math.isfinite(value)), None)
+        seen = bad is not None
         if trainer.world_size > 1:  # any process: all must stop together
             seen = trainer.strategy.reduce_boolean_decision(seen, all=False)
         if not seen:
             return
-        if step == 0:  # by this step, at the latest
-            value, step, at_its_step = "NaN or infinite on another process", trainer.global_step + 1, False
+        if bad is None:
+            where = f"another process, by step {trainer.global_step + 1} (epoch {trainer.current_epoch})"
+            value = "NaN or infinite"
         else:
-            at_its_step = current is not None and step == current[0]  # the value and the batch are known
-            value = f"{current[1].item()}" if at_its_step else "NaN or infinite"
-        where = f"step {step} (epoch {trainer.current_epoch}" + (f", batch {self._batch_idx})" if at_its_step else ")")
+            step, batch, value = bad
+            where = f"step {step} (epoch {trainer.current_epoch}, batch {batch})"
         raise NonFiniteLossError(
             f"the training loss became {value} at {where}; training stopped and no checkpoint with non-finite "
             f"weights was written. {_ADVICE}"
@@ -153,3 +161,38 @@ class RandomStates(Callback):
             random.setstate(states["python"])
         except (KeyError, TypeError, ValueError, RuntimeError) as error:
             raise CheckpointError(f"the checkpoint's random-number states are damaged ({type(error).__name__}: {error})") from None
+
+
+class CudaRuntimeCheckOnCpu(Callback):
+    """On a CPU run, ``torch.cuda.is_available()`` asks the CUDA runtime once instead of NVML on every call.
+
+    ``import lightning`` sets ``PYTORCH_NVML_BASED_CUDA_CHECK=1`` so that looking for a GPU never initialises CUDA in
+    a process that may fork later. Until CUDA is initialised, which a CPU run never does, torch then answers each call
+    from NVML anew, and Adam calls it on every step (its CUDA-graph capture check): loading ``libnvidia-ml`` each time,
+    or failing to where no NVIDIA driver is installed, 0.1-0.2 ms a step, as long as a small lesson's whole step.
+
+    ``setup`` runs once the run's processes exist, and on a CPU run none of them uses CUDA, so there the variable is
+    cleared for the stage (torch's runtime check counts the devices once and caches the count); ``teardown`` puts it
+    back. A run on a GPU initialises CUDA, after which torch caches the count itself: nothing is changed there.
+    """
+
+    def __init__(self) -> None:
+        self._cleared: Optional[str] = None  # the value taken out of the environment, to put back
+
+    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        """Clear the variable for a CPU stage."""
+        if trainer.strategy.root_device.type == "cpu" and not torch.cuda.is_initialized():
+            self._cleared = os.environ.pop(NVML_CHECK_VARIABLE, None)
+
+    def teardown(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        """Put back what was there."""
+        self._restore()
+
+    def on_exception(self, trainer: Trainer, pl_module: LightningModule, exception: BaseException) -> None:
+        """Put it back after a failed stage too (Lightning calls no ``teardown`` then)."""
+        self._restore()
+
+    def _restore(self) -> None:
+        if self._cleared is not None:
+            os.environ[NVML_CHECK_VARIABLE] = self._cleared
+            self._cleared = None

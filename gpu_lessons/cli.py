@@ -33,7 +33,7 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveCon
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
 from gpu_lessons import __version__
-from gpu_lessons.callbacks import FiniteLossGuard, RandomStates
+from gpu_lessons.callbacks import CudaRuntimeCheckOnCpu, FiniteLossGuard, RandomStates
 from gpu_lessons.checkpointing import (
     CheckpointOnSigterm,
     LessonCheckpoint,
@@ -90,6 +90,11 @@ _CALLBACKS = {
         RandomStates,
         {"class_path": "gpu_lessons.callbacks.RandomStates"},
         "Keep the random-number states in checkpoints, so that a resume is exact.",
+    ),
+    "cpu_cuda_check": (
+        CudaRuntimeCheckOnCpu,
+        {"class_path": "gpu_lessons.callbacks.CudaRuntimeCheckOnCpu"},
+        "CPU runs: torch's GPU check (Adam makes it every step) asks the CUDA runtime once, not NVML every time.",
     ),
     "lr_monitor": (
         LearningRateMonitor,

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import os
 import random
 
 import lightning as L
 import pytest
 import torch
 
-from gpu_lessons.callbacks import FiniteLossGuard, RandomStates
+from gpu_lessons.callbacks import NVML_CHECK_VARIABLE, CudaRuntimeCheckOnCpu, FiniteLossGuard, RandomStates
 from gpu_lessons.data import LineDataModule, RandomFeaturesDataModule
 from gpu_lessons.errors import CheckpointError, NonFiniteLossError
 from gpu_lessons.models import DropoutLesson, RegressionLesson
@@ -23,10 +24,10 @@ def _trainer(tmp_path, **kwargs) -> L.Trainer:
 
 @pytest.mark.parametrize(("interval", "stopped_at"), [(None, 40), (1, 40), (32, 63)])
 def test_a_non_finite_loss_is_named_by_its_own_step_on_every_interval(tmp_path, interval, stopped_at) -> None:
-    """The accelerator path (interval 32) runs here on the CPU: the step is named exactly, training stops at the
-    next read (step 64, before its update), and nothing is saved."""
+    """The accelerator path (interval 32) runs here on the CPU: the step is named exactly, with its value and batch,
+    training stops at the next read (step 64, before its update), and nothing is saved."""
     trainer = _trainer(tmp_path, max_epochs=2, callbacks=[FiniteLossGuard(interval), PoisonWeightsAtStep(40)])
-    with pytest.raises(NonFiniteLossError, match=r"at step 41 \(epoch 0"):
+    with pytest.raises(NonFiniteLossError, match=r"became nan at step 41 \(epoch 0, batch 40\)"):
         trainer.fit(RegressionLesson(), datamodule=LineDataModule(steps_per_epoch=100))
     assert trainer.global_step == stopped_at
     assert not list(tmp_path.rglob("*.ckpt"))
@@ -89,3 +90,39 @@ def test_damaged_random_states_are_one_clear_error(tmp_path) -> None:
     callback.load_state_dict({"torch": "not a state"})
     with pytest.raises(CheckpointError, match="random-number states are damaged"):
         callback.on_train_start(_trainer(tmp_path), None)
+
+
+class EnvironmentDuringSteps(L.Callback):
+    """What the NVML variable is while training steps run."""
+
+    def __init__(self) -> None:
+        self.seen: set = set()
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        self.seen.add(os.environ.get(NVML_CHECK_VARIABLE))
+
+
+@pytest.mark.parametrize("with_callback", [True, False])
+def test_a_cpu_fit_runs_its_steps_without_the_nvml_check_and_puts_it_back(tmp_path, monkeypatch, with_callback) -> None:
+    monkeypatch.setenv(NVML_CHECK_VARIABLE, "1")  # what `import lightning` does
+    during = EnvironmentDuringSteps()
+    callbacks = [CudaRuntimeCheckOnCpu(), during] if with_callback else [during]
+    trainer = _trainer(tmp_path, max_epochs=1, callbacks=callbacks, enable_checkpointing=False)
+    trainer.fit(RegressionLesson(), datamodule=LineDataModule(steps_per_epoch=3))
+    assert during.seen == ({None} if with_callback else {"1"})
+    assert os.environ[NVML_CHECK_VARIABLE] == "1"
+
+
+def test_the_nvml_check_is_put_back_after_a_failed_fit(tmp_path, monkeypatch) -> None:
+    monkeypatch.setenv(NVML_CHECK_VARIABLE, "1")
+    trainer = _trainer(tmp_path, max_epochs=1, callbacks=[CudaRuntimeCheckOnCpu(), FiniteLossGuard(), PoisonWeightsAtStep(2)])
+    with pytest.raises(NonFiniteLossError):
+        trainer.fit(RegressionLesson(), datamodule=LineDataModule(steps_per_epoch=5))
+    assert os.environ[NVML_CHECK_VARIABLE] == "1"
+
+
+def test_without_the_variable_nothing_is_set(tmp_path, monkeypatch) -> None:
+    monkeypatch.delenv(NVML_CHECK_VARIABLE, raising=False)
+    trainer = _trainer(tmp_path, max_epochs=1, callbacks=[CudaRuntimeCheckOnCpu()], enable_checkpointing=False)
+    trainer.fit(RegressionLesson(), datamodule=LineDataModule(steps_per_epoch=2))
+    assert NVML_CHECK_VARIABLE not in os.environ

@@ -17,7 +17,7 @@ from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, ProgressBar
 
 from gpu_lessons import cli as cli_module
-from gpu_lessons.callbacks import FiniteLossGuard, RandomStates
+from gpu_lessons.callbacks import CudaRuntimeCheckOnCpu, FiniteLossGuard, RandomStates
 from gpu_lessons.checkpointing import AtomicCheckpointIO, CheckpointOnSigterm, LessonCheckpoint, load_checkpoint
 from gpu_lessons.cli import LessonCLI
 from gpu_lessons.models import MLPLesson
@@ -127,6 +127,7 @@ CLI_DEFAULTS = {
     "sigterm_checkpoint": "gpu_lessons.checkpointing.CheckpointOnSigterm",
     "finite_loss_guard": "gpu_lessons.callbacks.FiniteLossGuard",
     "random_states": "gpu_lessons.callbacks.RandomStates",
+    "cpu_cuda_check": "gpu_lessons.callbacks.CudaRuntimeCheckOnCpu",
     "lr_monitor": "lightning.pytorch.callbacks.LearningRateMonitor",
     "progress_bar": "gpu_lessons.progress.EpochLines",  # output is not a terminal under pytest
     "predictions": "gpu_lessons.predictions.PredictionPrinter",
@@ -163,7 +164,10 @@ def test_each_callback_and_plugin_the_cli_adds_can_be_switched_off_from_the_conf
     (workdir / "off.yaml").write_text(yaml.safe_dump(switched_off))
     with mock.patch.object(sys, "argv", ["gpu_lessons"]):
         cli = cli_module.cli_main(["fit", "--config", "step_lr", "--config", "off.yaml", "--trainer.max_epochs", "2"])
-    added = (CheckpointOnSigterm, FiniteLossGuard, RandomStates, LearningRateMonitor, ProgressBar, PredictionPrinter)
+    added = (
+        CheckpointOnSigterm, FiniteLossGuard, RandomStates, CudaRuntimeCheckOnCpu, LearningRateMonitor, ProgressBar,
+        PredictionPrinter,
+    )  # fmt: skip
     assert not [c for c in cli.trainer.callbacks if isinstance(c, added)]
     assert type(cli.trainer.strategy.checkpoint_io) is TorchCheckpointIO
     run_folder = workdir / "checkpoints/step_lr/version_0"

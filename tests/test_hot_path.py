@@ -126,7 +126,7 @@ def test_no_training_step_of_a_whole_cli_run_reads_the_device(
 
 
 def test_the_finite_loss_guard_reads_the_device_once_per_interval() -> None:
-    """The accelerator path of the guard, run on the CPU: a deferred record read every ``check_every_n_steps``."""
+    """The accelerator path of the guard, run on the CPU: the kept losses are read together every ``check_every_n_steps``."""
     guard = FiniteLossGuard(check_every_n_steps=4)
     trainer = L.Trainer(max_steps=12, logger=False, enable_checkpointing=False, enable_progress_bar=False,
                         enable_model_summary=False, callbacks=[guard], num_sanity_val_steps=0, limit_val_batches=0)
@@ -136,7 +136,7 @@ def test_the_finite_loss_guard_reads_the_device_once_per_interval() -> None:
         with recorder:
             trainer.fit(RegressionLesson(), datamodule=LineDataModule(steps_per_epoch=12))
     assert trainer.global_step == 12
-    assert recorder.reads == ["__int__"] * 3  # steps 4, 8 and 12, nothing in the 9 steps between
+    assert recorder.reads == ["tolist"] * 3  # steps 4, 8 and 12 (four losses each), nothing in the 9 steps between
 
 
 def _recording(hook: Any, recorder: HostReads) -> Any:
