@@ -153,7 +153,7 @@ def course_script(lesson: str) -> str:
 # validation or callbacks of ours) around a module that only runs the same network's loss on the same batches: the
 # floor that Lightning's own loop sets. Both are timed from on_train_start to on_train_end.
 FIT_ONCE = """
-import json, sys, time
+import json, os, sys, time
 sys.argv = sys.argv[:1]
 import lightning as L
 from gpu_lessons.cli import LessonCLI, _quiet_lightning
@@ -181,6 +181,9 @@ timer = FitTimer()
 cli.trainer.callbacks.append(timer)
 cli.trainer.fit(cli.model, datamodule=cli.datamodule)
 fresh = LessonCLI(args=args, run=False)
+# Lightning's loop alone: without the fork-safe GPU check `import lightning` switches on, which slows every Adam step
+# on the CPU and which the fit above has cleared too (its cpu_cuda_check callback).
+os.environ.pop("PYTORCH_NVML_BASED_CUDA_CHECK", None)
 bare_timer = FitTimer()
 bare = L.Trainer(accelerator={accelerator!r}, devices=1, max_epochs=cli.trainer.max_epochs, logger=False,
                  enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,

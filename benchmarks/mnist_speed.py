@@ -8,15 +8,19 @@ For each lesson it runs, in this order and on the same device:
   Adam 1e-3, 5 epochs), re-implemented here as the baseline every learner already has;
 * ``plain loop, package data``: a hand-written loop over the package's device-resident batches with the shipped
   config's model, optimizer and schedule, validating every epoch like Lightning does: the floor for Lightning;
+* ``bare Trainer``: a ``Trainer`` with nothing of the package's (no logger, progress bar, checkpoints, metrics or
+  callbacks) around the same network, optimizer, schedule and batches, validating every epoch: the floor that
+  Lightning's own loop sets;
 * ``gpu_lessons fit``: ``Trainer.fit`` with the shipped config (pictures off: they are drawn after training), then
   its test accuracy. This and the plain loop each run in a fresh process, timed from the start of training (data
   setup included) to the last validation, with the CUDA context already created;
 * ``gpu_lessons fit`` command: the wall time of ``python -m gpu_lessons fit --config configs/<lesson>.yaml``,
   interpreter start, imports, data loading and checkpointing included.
 
-The plain loop, ``fit`` and the command run ``--repeats`` times (interleaved) and the median counts: on a shared
+The plain loop, the bare Trainer, ``fit`` and the command run ``--repeats`` times (interleaved) and the median counts: on a shared
 machine single timings drift by 10 % or more. It prints a Markdown table: fit seconds, whole-command seconds, test
-accuracy, speed-up over the course loop, and Lightning's overhead over the plain loop on the same data path.
+accuracy, speed-up over the course loop, and the overhead of the bare Trainer and of ``fit`` over the plain loop on the same
+data path.
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ from typing import Any
 from unittest import mock
 
 import torch
+from lightning.pytorch import LightningModule, Trainer
 from torch import nn
 from torch.utils.data import DataLoader
 from torchvision import datasets, transforms
@@ -103,6 +108,9 @@ def plain_loop(lesson: str, data_dir: Path, device: torch.device) -> dict[str, f
     with mock.patch.object(sys, "argv", [sys.argv[0]]):  # the config comes from args, not this script's argv
         cli = LessonCLI(args=shipped_config_args(lesson, data_dir, device), run=False)
     model, datamodule = cli.model.to(device), cli.datamodule
+    # A plain PyTorch process: without what `import lightning` set for the fork-safe GPU check (which slows every
+    # Adam step on the CPU; the CLI's cpu_cuda_check callback clears it for a fit).
+    os.environ.pop("PYTORCH_NVML_BASED_CUDA_CHECK", None)
     epochs = cli.trainer.max_epochs
 
     synchronize(device)
@@ -115,14 +123,19 @@ def plain_loop(lesson: str, data_dir: Path, device: torch.device) -> dict[str, f
     for epoch in range(epochs):
         model.train()
         train_batches.sampler.set_epoch(epoch)
+        step_outputs = []  # the lesson's epoch metrics, kept and computed as its training_step and epoch end do
         for batch in train_batches:
             loss, preds, targets = model.model_step(datamodule.on_after_batch_transfer(batch, 0))
-            model.train_loss.update(loss.detach())  # the lesson's epoch metrics, as its training_step keeps them
-            model.train_metric.update(preds, targets)
+            step_outputs.append((loss.detach(), preds, targets))
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
             scheduler.step()
+        losses, preds, targets = zip(*step_outputs)
+        model.train_loss.update(torch.stack(losses))
+        model.train_metric.update(torch.cat(preds), torch.cat(targets))
+        model.train_loss.compute(), model.train_metric.compute()
+        model.train_loss.reset(), model.train_metric.reset()
         evaluate(model, datamodule, datamodule.val_dataloader())
     synchronize(device)
     fit_seconds = time.perf_counter() - start
@@ -157,7 +170,49 @@ def lightning_fit(lesson: str, data_dir: Path, device: torch.device) -> dict[str
     return {"fit_s": fit_seconds, "test_acc": accuracy}
 
 
-MEASUREMENTS = {"plain": plain_loop, "fit": lightning_fit}
+class BareLesson(LightningModule):
+    """The lesson's network, loss, optimizer and schedule and nothing else: no logging, metrics or callbacks."""
+
+    def __init__(self, lesson: Any, steps: int) -> None:
+        super().__init__()
+        self.lesson, self.steps = lesson, steps
+        self.correct = 0
+
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        return self.lesson.model_step(batch)[0]
+
+    def validation_step(self, batch: Any, batch_idx: int) -> None:
+        images, labels = batch
+        self.correct += (self.lesson(images).argmax(dim=1) == labels).sum()
+
+    def configure_optimizers(self) -> Any:
+        optimizer = self.lesson.optimizer_factory(self.parameters())
+        scheduler = self.lesson.scheduler_factory(optimizer, total_steps=self.steps)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+
+def bare_trainer(lesson: str, data_dir: Path, device: torch.device) -> dict[str, float]:
+    """A ``Trainer`` with nothing of the package's (no logger, progress bar, checkpoints, metrics or callbacks) around
+    the same network, optimizer, schedule and batches, validating every epoch: the floor Lightning's loop sets."""
+    with mock.patch.object(sys, "argv", [sys.argv[0]]):
+        cli = LessonCLI(args=shipped_config_args(lesson, data_dir, device), run=False)
+    datamodule, epochs = cli.datamodule, cli.trainer.max_epochs
+    os.environ.pop("PYTORCH_NVML_BASED_CUDA_CHECK", None)  # as in plain_loop (fit clears it with cpu_cuda_check)
+    trainer = Trainer(
+        accelerator="gpu" if device.type == "cuda" else "cpu", devices=1, max_epochs=epochs, logger=False,
+        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
+    )  # fmt: skip
+    start = time.perf_counter()
+    datamodule.setup("fit")  # to count the steps; setup is idempotent, so the fit's own call finds it done
+    bare = BareLesson(cli.model, steps=epochs * len(datamodule.train_dataloader()))
+    trainer.fit(bare, datamodule=datamodule)
+    synchronize(device)
+    fit_seconds = time.perf_counter() - start
+    model = cli.model.to(device)
+    return {"fit_s": fit_seconds, "test_acc": evaluate(model, datamodule, datamodule.test_dataloader())}
+
+
+MEASUREMENTS = {"plain": plain_loop, "bare": bare_trainer, "fit": lightning_fit}
 
 
 def in_fresh_process(kind: str, lesson: str, data_dir: Path, device: torch.device, workdir: Path) -> dict[str, float]:
@@ -210,22 +265,25 @@ def main() -> None:
     for lesson in args.lessons:
         course = None if args.skip_course else course_loop(lesson, data_dir, device)
         # Interleaved, so a machine that gets busier or cooler partway through slows both sides alike.
-        plains, fits, commands = [], [], []
+        plains, bares, fits, commands = [], [], [], []
         for _ in range(args.repeats):
             with tempfile.TemporaryDirectory() as workdir:  # each repeat writes its run's folders afresh
                 plains.append(in_fresh_process("plain", lesson, data_dir, device, Path(workdir)))
+                bares.append(in_fresh_process("bare", lesson, data_dir, device, Path(workdir)))
                 fits.append(in_fresh_process("fit", lesson, data_dir, device, Path(workdir)))
                 commands.append(fit_command(lesson, data_dir, device, Path(workdir)))
-        plain, fitted = median_run(plains), median_run(fits)
+        plain, bare, fitted = median_run(plains), median_run(bares), median_run(fits)
         command_s = statistics.median(commands)
         if course:
             rows.append((lesson, "course loop (batch 32, DataLoader)", course, None, 1.0, None))
         rows.append((lesson, "plain loop, package data path", plain, None, course and course["fit_s"] / plain["fit_s"], None))
+        rows.append((lesson, "bare Trainer, same batches", bare, None, course and course["fit_s"] / bare["fit_s"],
+                     bare["fit_s"] / plain["fit_s"] - 1))
         overhead = fitted["fit_s"] / plain["fit_s"] - 1
         speedup = course and course["fit_s"] / fitted["fit_s"]
         rows.append((lesson, "gpu_lessons fit (Lightning)", fitted, command_s, speedup, overhead))
-        print(f"{lesson}: fit {[round(f['fit_s'], 2) for f in fits]} s, plain {[round(p['fit_s'], 2) for p in plains]} s; "
-              f"Lightning overhead over the plain loop: {overhead:+.1%}", flush=True)
+        print(f"{lesson}: fit {[round(f['fit_s'], 2) for f in fits]} s, bare Trainer {[round(b['fit_s'], 2) for b in bares]} s, "
+              f"plain {[round(p['fit_s'], 2) for p in plains]} s; fit over the plain loop: {overhead:+.1%}", flush=True)
 
     repeats = f", median of {args.repeats} runs" if args.repeats > 1 else ""
     print(f"\n{name}{repeats}\n")
