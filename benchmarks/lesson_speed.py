@@ -157,6 +157,7 @@ FIT_ONCE = """
 import json, os, sys, time
 sys.argv = sys.argv[:1]
 import lightning as L
+from gpu_lessons.callbacks import NVML_CHECK_VARIABLE
 from gpu_lessons.cli import LessonCLI, _quiet_lightning
 
 class FitTimer(L.Callback):
@@ -184,7 +185,7 @@ cli.trainer.fit(cli.model, datamodule=cli.datamodule)
 fresh = LessonCLI(args=args, run=False)
 # Lightning's loop alone: without the fork-safe GPU check `import lightning` switches on, which slows every Adam step
 # on the CPU and which the fit above has cleared too (its cpu_cuda_check callback).
-os.environ.pop("PYTORCH_NVML_BASED_CUDA_CHECK", None)
+os.environ.pop(NVML_CHECK_VARIABLE, None)
 bare_timer = FitTimer()
 bare = L.Trainer(accelerator={accelerator!r}, devices=1, max_epochs=cli.trainer.max_epochs, logger=False,
                  enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
@@ -227,6 +228,14 @@ def measure(lesson: str, device: str, workdir: Path) -> dict[str, float]:
     }
 
 
+# The table's ratios: (numerator, denominator) of each repeat's measurements.
+RATIOS = {
+    "command": ("command_s", "course_command_s"),
+    "training": ("train_s", "course_train_s"),
+    "fit_over_bare": ("train_s", "bare_s"),
+}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cuda" if _cuda() else "cpu", choices=["cpu", "cuda"])
@@ -256,13 +265,6 @@ def main() -> None:
             f"| {ratio['command']:.2f}x | {m['course_train_s']:.2f} | {m['bare_s']:.2f} | {m['train_s']:.2f} "
             f"| {ratio['training']:.2f}x | {ratio['fit_over_bare']:.2f}x | {m['output_bytes'] / 1000:.1f} kB |"
         )
-
-
-RATIOS = {
-    "command": ("command_s", "course_command_s"),
-    "training": ("train_s", "course_train_s"),
-    "fit_over_bare": ("train_s", "bare_s"),
-}
 
 
 def _cuda() -> bool:

@@ -89,8 +89,9 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=2000)
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
-    logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
-    os.environ.pop("PYTORCH_NVML_BASED_CUDA_CHECK", None)  # keep the table free of Trainer's info lines
+    logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)  # keep the table free of Trainer's info lines
+    # gpu_lessons.callbacks.NVML_CHECK_VARIABLE: set by `import lightning`, it slows every optimizer step on the CPU
+    os.environ.pop("PYTORCH_NVML_BASED_CUDA_CHECK", None)
     print(f"CPU, {torch.get_num_threads()} threads; torch {torch.__version__}\n")
     print("| run | by hand µs/step | Trainer µs/step | Lightning's cost µs/step | with 10 callbacks µs/step | per callback µs/step |")
     print("|---|---|---|---|---|---|")

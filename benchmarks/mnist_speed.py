@@ -46,6 +46,7 @@ from torchvision import datasets, transforms
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from gpu_lessons.callbacks import NVML_CHECK_VARIABLE  # noqa: E402
 from gpu_lessons.cli import LessonCLI  # noqa: E402
 from gpu_lessons.models import CNN, MNISTNet  # noqa: E402
 
@@ -100,6 +101,12 @@ def shipped_config_args(lesson: str, data_dir: Path, device: torch.device) -> li
     ]
 
 
+def without_lightnings_nvml_check() -> None:
+    """Run on as a plain PyTorch process would: without the fork-safe GPU check ``import lightning`` switches on,
+    which slows every Adam step on the CPU (a ``fit`` clears it too, with the CLI's ``cpu_cuda_check`` callback)."""
+    os.environ.pop(NVML_CHECK_VARIABLE, None)
+
+
 def plain_loop(lesson: str, data_dir: Path, device: torch.device) -> dict[str, float]:
     """The shipped config's model, optimizer, schedule, metrics and data path, driven by hand instead of by Lightning.
 
@@ -108,9 +115,7 @@ def plain_loop(lesson: str, data_dir: Path, device: torch.device) -> dict[str, f
     with mock.patch.object(sys, "argv", [sys.argv[0]]):  # the config comes from args, not this script's argv
         cli = LessonCLI(args=shipped_config_args(lesson, data_dir, device), run=False)
     model, datamodule = cli.model.to(device), cli.datamodule
-    # A plain PyTorch process: without what `import lightning` set for the fork-safe GPU check (which slows every
-    # Adam step on the CPU; the CLI's cpu_cuda_check callback clears it for a fit).
-    os.environ.pop("PYTORCH_NVML_BASED_CUDA_CHECK", None)
+    without_lightnings_nvml_check()
     epochs = cli.trainer.max_epochs
 
     synchronize(device)
@@ -134,8 +139,9 @@ def plain_loop(lesson: str, data_dir: Path, device: torch.device) -> dict[str, f
         losses, preds, targets = zip(*step_outputs)
         model.train_loss.update(torch.stack(losses))
         model.train_metric.update(torch.cat(preds), torch.cat(targets))
-        model.train_loss.compute(), model.train_metric.compute()
-        model.train_loss.reset(), model.train_metric.reset()
+        for metric in (model.train_loss, model.train_metric):  # what Lightning does with the logged metric objects
+            metric.compute()
+            metric.reset()
         evaluate(model, datamodule, datamodule.val_dataloader())
     synchronize(device)
     fit_seconds = time.perf_counter() - start
@@ -185,6 +191,11 @@ class BareLesson(LightningModule):
         images, labels = batch
         self.correct += (self.lesson(images).argmax(dim=1) == labels).sum()
 
+    def on_validation_epoch_end(self) -> None:
+        """Read the count once per validation, as the plain loop's ``evaluate`` does."""
+        int(self.correct)
+        self.correct = 0
+
     def configure_optimizers(self) -> Any:
         optimizer = self.lesson.optimizer_factory(self.parameters())
         scheduler = self.lesson.scheduler_factory(optimizer, total_steps=self.steps)
@@ -197,7 +208,7 @@ def bare_trainer(lesson: str, data_dir: Path, device: torch.device) -> dict[str,
     with mock.patch.object(sys, "argv", [sys.argv[0]]):
         cli = LessonCLI(args=shipped_config_args(lesson, data_dir, device), run=False)
     datamodule, epochs = cli.datamodule, cli.trainer.max_epochs
-    os.environ.pop("PYTORCH_NVML_BASED_CUDA_CHECK", None)  # as in plain_loop (fit clears it with cpu_cuda_check)
+    without_lightnings_nvml_check()
     trainer = Trainer(
         accelerator="gpu" if device.type == "cuda" else "cpu", devices=1, max_epochs=epochs, logger=False,
         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
