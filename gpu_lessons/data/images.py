@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Union
 
@@ -14,16 +15,28 @@ from torch import Tensor
 from gpu_lessons.errors import UserError, print_error
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+# The only decoders a user's file reaches, whatever its name: with no formats, PIL hands a PostScript file named
+# x.png to Ghostscript (a hang, or code execution through a Ghostscript bug), and any other plugin's bugs are ours.
+READ_FORMATS = ("PNG", "JPEG")
 _SIZE, _BOX = 28, 20  # MNIST scaled each digit into a 20×20 box and centred it in 28×28
 # A photo of a digit needs far fewer pixels; a 13000×13000 RGBA PNG (680 KB on disk) would take 3.4 GB to decode.
 MAX_PIXELS = 40_000_000
+
+
+class BlankPictureError(UserError, ValueError):
+    """A picture with no digit in it: a blank page would otherwise be predicted as some digit."""
+
+    def __init__(self) -> None:
+        super().__init__("the picture is blank (no digit found)")
 
 
 def mnist_digit(image: PIL.Image.Image) -> Tensor:
     """One picture as a ``[28, 28]`` uint8 MNIST digit.
 
     Transparency becomes white paper, and a dark digit on a light background is inverted. A 28×28 picture is then
-    taken as it is; any other is cropped to the digit, which is scaled into a 20×20 box centred in 28×28.
+    taken as it is; any other is cropped to the digit, which is scaled into a 20×20 box centred in 28×28, its
+    strokes kept at least a pixel wide. A picture of any other size with no digit (one colour) is a
+    :class:`BlankPictureError`.
     """
     image = ImageOps.exif_transpose(image)
     if image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info:
@@ -33,21 +46,46 @@ def mnist_digit(image: PIL.Image.Image) -> Tensor:
     if ImageStat.Stat(gray).mean[0] > 127:
         gray = ImageOps.invert(gray)
     if gray.size != (_SIZE, _SIZE):
-        threshold = gray.getextrema()[1] // 2
+        low, high = gray.getextrema()
+        if low == high:
+            raise BlankPictureError()
+        threshold = high // 2
         if (box := gray.point(lambda v: 255 if v > threshold else 0).getbbox()) is not None:
             gray = gray.crop(box)
+        scale = _BOX / max(gray.size)
+        if _stroke_width(np.array(gray) > threshold) * scale < 1:
+            # Scaling would thin the stroke below a pixel and average it away (a pen line on a page, a minus sign):
+            # the brightest pixel of each block keeps it.
+            gray = _max_pool(gray, math.ceil(1 / scale))
         digit = ImageOps.pad(gray, (_BOX, _BOX), method=PIL.Image.Resampling.LANCZOS, color=0)
         gray = PIL.Image.new("L", (_SIZE, _SIZE))
         gray.paste(digit, ((_SIZE - _BOX) // 2,) * 2)
+        if gray.getextrema()[1] == 0:
+            raise BlankPictureError()
     return torch.from_numpy(np.array(gray, dtype=np.uint8))
+
+
+def _stroke_width(stroke: np.ndarray) -> float:
+    """The mean width in pixels of the strokes in a boolean mask: twice their area over their outline's length."""
+    outline = sum(np.count_nonzero(np.diff(stroke, axis=axis, prepend=False, append=False)) for axis in (0, 1))
+    return 2 * np.count_nonzero(stroke) / max(outline, 1)
+
+
+def _max_pool(gray: PIL.Image.Image, factor: int) -> PIL.Image.Image:
+    """``gray`` shrunk ``factor`` times, each pixel the brightest of its ``factor``×``factor`` block."""
+    pixels = np.array(gray, dtype=np.uint8)
+    rows, cols = -(-pixels.shape[0] // factor), -(-pixels.shape[1] // factor)
+    blocks = np.zeros((rows * factor, cols * factor), dtype=np.uint8)
+    blocks[: pixels.shape[0], : pixels.shape[1]] = pixels
+    return PIL.Image.fromarray(blocks.reshape(rows, factor, cols, factor).max(axis=(1, 3)))
 
 
 def read_digits(source: Union[str, Path]) -> tuple[Tensor, list[str]]:
     """The picture ``source``, or every PNG/JPEG file in the folder ``source``, as ``[N, 28, 28]`` uint8 digits and
     their paths.
 
-    A file that cannot be decoded gets its own ``error:`` line and is skipped; if none can be, that is a
-    :class:`~gpu_lessons.errors.UserError`.
+    A file that cannot be decoded, is not a PNG or JPEG file whatever its name, or is blank gets its own ``error:``
+    line and is skipped; if none can be read, that is a :class:`~gpu_lessons.errors.UserError`.
     """
     source = Path(source)
     if source.is_dir():
@@ -69,19 +107,25 @@ def read_digits(source: Union[str, Path]) -> tuple[Tensor, list[str]]:
 
 def decode_digits(paths: list[Path]) -> tuple[list[Tensor], list[Path]]:
     """Each picture in ``paths`` as a ``[28, 28]`` uint8 digit (:func:`mnist_digit`), and the paths that were read.
-    A file that cannot be decoded gets its own ``error:`` line and is skipped (the only one, a
+    A file that cannot be decoded or is blank gets its own ``error:`` line and is skipped (the only one, a
     :class:`~gpu_lessons.errors.UserError`)."""
     digits, read, failures = [], [], []
     for path in paths:
         try:
             image = _decode(path)
         except PIL.UnidentifiedImageError:
-            failures.append(f"{printable(path)}: cannot read image (not a PNG or JPEG file, or a corrupt one)")
+            kind = _other_format(path)
+            reason = f"it is {kind}, not PNG or JPEG" if kind else "not a PNG or JPEG file, or a corrupt one"
+            failures.append(f"{printable(path)}: cannot read image ({reason})")
             continue
         except Exception as error:  # corrupt files make PIL raise OSError, SyntaxError, ValueError, ...
             failures.append(f"{printable(path)}: cannot read image ({error})")
             continue
-        digits.append(mnist_digit(image))
+        try:
+            digits.append(mnist_digit(image))
+        except BlankPictureError as error:
+            failures.append(f"{printable(path)}: {error}")
+            continue
         read.append(path)
     if not digits and len(failures) == 1:
         raise UserError(failures[0])
@@ -97,7 +141,7 @@ def printable(path: Path) -> str:
 
 
 def _decode(path: Path) -> PIL.Image.Image:
-    with PIL.Image.open(path) as image:
+    with PIL.Image.open(path, formats=READ_FORMATS) as image:
         # The header gives the size before any pixel is decoded: a small file can hold a huge image.
         if image.width * image.height > MAX_PIXELS:
             raise ValueError(
@@ -105,3 +149,37 @@ def _decode(path: Path) -> PIL.Image.Image:
             )
         image.load()  # decode now, so that a corrupt file fails here
     return image
+
+
+# Magic bytes of the picture formats a user is likely to hand over instead, to name them in the error; none of these
+# files is ever decoded.
+_OTHER_FORMATS = (
+    ((0, b"%!PS"), "PostScript"),
+    ((0, b"\xc5\xd0\xd3\xc6"), "PostScript"),  # EPS with a binary DOS header
+    ((0, b"%PDF"), "PDF"),
+    ((0, b"GIF8"), "GIF"),
+    ((0, b"II*\x00"), "TIFF"),
+    ((0, b"MM\x00*"), "TIFF"),
+    ((8, b"WEBP"), "WebP"),
+    ((8, b"heic"), "HEIC"),
+    ((8, b"heix"), "HEIC"),
+    ((8, b"mif1"), "HEIF"),
+    ((8, b"avif"), "AVIF"),
+    ((0, b"8BPS"), "PSD (Photoshop)"),
+)
+
+
+def _other_format(path: Path) -> str:
+    """The format of a picture PIL was not allowed to open, from its first bytes; "" when it is none known."""
+    try:
+        with open(path, "rb") as file:
+            head = file.read(32)
+    except OSError:
+        return ""
+    for (offset, magic), name in _OTHER_FORMATS:
+        if head[offset : offset + len(magic)] == magic:
+            return name
+    # "BM" alone starts too many other files: a BMP header also gives one of the known DIB header sizes
+    if head[:2] == b"BM" and int.from_bytes(head[14:18], "little") in (12, 40, 52, 56, 64, 108, 124):
+        return "BMP"
+    return ""
