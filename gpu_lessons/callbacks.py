@@ -21,6 +21,7 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 from torch import Tensor
 
 from gpu_lessons.errors import CheckpointError, NonFiniteLossError
+from gpu_lessons.safe_checkpoints import checked_random_states
 
 # Set by ``import lightning``: torch's CUDA check then asks NVML instead of the CUDA runtime.
 NVML_CHECK_VARIABLE = "PYTORCH_NVML_BASED_CUDA_CHECK"
@@ -146,7 +147,9 @@ class RandomStates(Callback):
             self.load_state_dict(checkpoint["rng_states"])
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self._restored = state_dict
+        """Check the states now (a damaged one is one error line before anything runs); apply them when training
+        starts."""
+        self._restored = checked_random_states(state_dict, "the checkpoint's RandomStates")
 
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         """Continue the random streams where the checkpoint left them, just before the first training batch (only a

@@ -34,17 +34,10 @@ from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
 from gpu_lessons import __version__
 from gpu_lessons.callbacks import CudaRuntimeCheckOnCpu, FiniteLossGuard, RandomStates
-from gpu_lessons.checkpointing import (
-    CheckpointOnSigterm,
-    LessonCheckpoint,
-    check_resumable,
-    check_weights_fit,
-    checked_hyperparameters,
-    imported_class,
-    load_checkpoint,
-)
+from gpu_lessons.checkpointing import CheckpointOnSigterm, ConfinedCheckpoint, LessonCheckpoint
+from gpu_lessons.safe_checkpoints import check_resumable, check_weights_fit, checked_hyperparameters, load_checkpoint
 from gpu_lessons.cuda import cuda_unavailable_reason
-from gpu_lessons.errors import CheckpointError, UserError, exit_code, one_line
+from gpu_lessons.errors import CheckpointError, UserError, exit_code, imported_class, one_line
 from gpu_lessons.lessons import config_path
 from gpu_lessons.models.base import Lesson
 from gpu_lessons.pictures import LessonPictures
@@ -156,6 +149,7 @@ class LessonCLI(LightningCLI):
         # parse errors come back as exceptions, for cli_main to report in one line instead of the usage block
         kwargs.setdefault("parser_kwargs", {"exit_on_error": False, "prog": "gpu-lessons", "description": _DESCRIPTION})
         self._new_folders: list[Path] = []  # the run's folders that did not exist before it
+        self._new_parents: list[Path] = []  # folders above claimed version folders that did not exist before it
         try:
             super().__init__(Lesson, LightningDataModule, *args, subclass_mode_model=True, subclass_mode_data=True, **kwargs)
         except BaseException:
@@ -169,6 +163,11 @@ class LessonCLI(LightningCLI):
             return
         for folder in self._new_folders:
             shutil.rmtree(folder, ignore_errors=True)
+        for folder in sorted(set(self._new_parents), key=lambda path: len(path.parts), reverse=True):
+            try:
+                folder.rmdir()
+            except OSError:  # not empty: another run's folders are in it
+                pass
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.add_argument(
@@ -204,7 +203,7 @@ class LessonCLI(LightningCLI):
         # checkpoint (the best on val/loss), last_checkpoint (last.ckpt, every epoch) and pictures are always built:
         # save_top_k 0 or enabled false switch them off. The others may be null, or another class.
         parser.add_lightning_class_args(LessonCheckpoint, "checkpoint")
-        parser.add_lightning_class_args(ModelCheckpoint, "last_checkpoint")
+        parser.add_lightning_class_args(ConfinedCheckpoint, "last_checkpoint")
         parser.add_lightning_class_args(LessonPictures, "pictures")
         for key, (base, _, help_text) in _CALLBACKS.items():
             parser.add_subclass_arguments(base, key, required=False, help=f"{help_text} null: none.")
@@ -291,7 +290,8 @@ class LessonCLI(LightningCLI):
             version = None if logger_args is None else logger_args.version
             if version is None:
                 log_root = None if logger_args is None else Path(logger_args.save_dir, logger_args.get("name") or "")
-                version = _next_version(run_root, log_root)
+                _ensure_writable(run_root, "checkpoints")
+                version = self._claim_version(run_root, log_root)
                 if logger_args is not None:
                     logger_args.version = version
                     self._run_folders.append("trainer.logger.init_args.version")
@@ -308,10 +308,37 @@ class LessonCLI(LightningCLI):
                 "another folder, or resume with --ckpt_path from that folder"
             )
         for new in (folder, self._log_folder(config)):
-            while new is not None and not new.parent.exists() and new.parent != new.parent.parent:
-                new = new.parent  # the topmost folder this run will create: checkpoints/<run> on its first run
-            if new is not None and not new.exists():
-                self._new_folders.append(new)
+            if new is not None:
+                self._note_new(new)
+
+    def _note_new(self, folder: Path) -> None:
+        """Remember the topmost folder this run will create for ``folder`` (``checkpoints/<run>`` on its first run),
+        to remove if it fails before saving anything."""
+        while not folder.parent.exists() and folder.parent != folder.parent.parent:
+            folder = folder.parent
+        if not folder.exists() and folder not in self._new_folders:
+            self._new_folders.append(folder)
+
+    def _claim_version(self, *roots: Optional[Path]) -> int:
+        """The next N whose ``version_N`` is free under every root, claimed by creating those folders: ``mkdir``
+        fails where a run started at the same moment took N first, and this run then tries N + 1."""
+        version = _next_version(*roots)
+        while True:
+            made: list[Path] = []
+            try:
+                for root in filter(None, roots):
+                    claimed = root / _version_folder(version)
+                    # parents another run may share: removed on failure only while empty (rmdir, never rmtree)
+                    self._new_parents += [folder for folder in (root, *root.parents) if not folder.exists()]
+                    root.mkdir(parents=True, exist_ok=True)
+                    claimed.mkdir()
+                    made.append(claimed)
+                self._new_folders += made
+                return version
+            except FileExistsError:
+                for claimed in made:
+                    claimed.rmdir()
+                version += 1
 
     @staticmethod
     def _log_folder(config: Namespace) -> Optional[Path]:
@@ -324,7 +351,7 @@ class LessonCLI(LightningCLI):
     def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
         """Parse; then read ``--ckpt_path`` once and check it before anything is built: it exists, loads with
         ``weights_only=True``, was written by the configured lesson, and its hyperparameters are plain values for that
-        lesson's arguments (:func:`~gpu_lessons.checkpointing.checked_hyperparameters`: a checkpoint is someone else's
+        lesson's arguments (:func:`~gpu_lessons.safe_checkpoints.checked_hyperparameters`: a checkpoint is someone else's
         data, and nothing in it may choose code). The checked values are set on the config's lesson.
 
         The path itself is held back (``self.ckpt_path``) until :meth:`before_instantiate_classes`: LightningCLI's own
@@ -456,6 +483,13 @@ class LessonCLI(LightningCLI):
         config = _subcommand_config(self.config_init, self.subcommand)
         configured = config.trainer.get("callbacks") or []
         callbacks = [*(configured if isinstance(configured, list) else [configured])]
+        for callback in callbacks:
+            if isinstance(callback, ModelCheckpoint) and not isinstance(callback, ConfinedCheckpoint):
+                # Lightning's own would act on the paths a checkpoint records (deleting them as they rotate out)
+                raise UserError(
+                    f"trainer.callbacks: use gpu_lessons.checkpointing.ConfinedCheckpoint (the same arguments) instead "
+                    f"of {type(callback).__name__}: it restores from a checkpoint only files of its own folder"
+                )
         callbacks += [config[key] for key in _CALLBACKS if config[key] is not None]
         return super().instantiate_trainer(callbacks=callbacks, **kwargs)
 
@@ -658,10 +692,10 @@ def _checkpoint_alias(alias: str, config: Namespace, flag: str = "--ckpt_path") 
         ),
         None,
     )
-    # the folder may have moved since: look for the recorded file's name beside last.ckpt first
-    for best in (newest.parent / Path(recorded).name, Path(recorded)) if isinstance(recorded, str) and recorded else ():
-        if best.is_file():
-            return best
+    # only a checkpoint file beside last.ckpt (the folder may have moved since): a checkpoint names no other file
+    best = newest.parent / Path(recorded).name if isinstance(recorded, str) and recorded.endswith(".ckpt") else None
+    if best is not None and best.is_file() and not best.is_symlink():
+        return best
     raise CheckpointError(
         f"{flag} best: {newest} records no best checkpoint that still exists (a run without validation, or with "
         "save_top_k 0, keeps only last.ckpt)"

@@ -145,8 +145,6 @@ def one_line(error: BaseException) -> str:
         reason += f", got {given!r}"
     reason = re.sub(r"^Expected an? ", "expected ", re.sub(r"<class '([\w.]+)'>", r"\1", reason))
     if (unknown := re.fullmatch(r"Option '([^']+)' is not accepted", reason)) and class_path:
-        from gpu_lessons.checkpointing import imported_class  # here: checkpointing imports this module
-
         cls = imported_class(class_path)
         known = [p for p in inspect.signature(cls.__init__).parameters if p not in ("self", "args", "kwargs")] if cls else []
         close = difflib.get_close_matches(unknown.group(1), known, n=1)
@@ -155,3 +153,16 @@ def one_line(error: BaseException) -> str:
         )
         keys.append(f"init_args.{unknown.group(1)}")
     return f"{'.'.join(keys)}: {reason}" if keys else reason
+
+
+def imported_class(class_path: str) -> Optional[type]:
+    """The class ``class_path`` names, if its module is already imported, else ``None``.
+
+    Never imports: importing a module because a checkpoint (or a message) names it would run that module's code.
+    Different spellings of one class (``gpu_lessons.models.CNNLesson``, ``gpu_lessons.models.cnn.CNNLesson``) give
+    the same class.
+    """
+    module, _, name = class_path.rpartition(".")
+    # vars(), not getattr(): a package's __getattr__ may import a submodule for a name it does not have
+    found = vars(sys.modules[module]).get(name) if module in sys.modules else None
+    return found if isinstance(found, type) else None

@@ -18,7 +18,8 @@ import torch
 from torch import nn
 
 from gpu_lessons import models
-from gpu_lessons.checkpointing import PathLike, load_checkpoint, refuse_existing, write_new_file
+from gpu_lessons.atomic_files import PathLike, refuse_existing, write_new_file
+from gpu_lessons.safe_checkpoints import load_checkpoint
 from gpu_lessons.data.mnist import DATASETS
 from gpu_lessons.errors import CommandParser, UserError, run_command
 from gpu_lessons.models import (

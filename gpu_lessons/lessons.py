@@ -27,7 +27,7 @@ from typing import Optional
 import yaml
 from lightning.pytorch.cli import LightningArgumentParser
 
-from gpu_lessons.checkpointing import write_new_file
+from gpu_lessons.atomic_files import write_new_file
 from gpu_lessons.errors import CommandParser, UserError, run_command
 from gpu_lessons.models.base import Lesson
 

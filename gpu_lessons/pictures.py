@@ -34,7 +34,8 @@ from matplotlib.ticker import MaxNLocator, PercentFormatter
 from torch import Tensor
 from torchmetrics.classification import MulticlassConfusionMatrix
 
-from gpu_lessons.checkpointing import load_checkpoint, refuse_existing, write_atomically, write_new_file
+from gpu_lessons.atomic_files import refuse_existing, write_atomically, write_new_file
+from gpu_lessons.safe_checkpoints import checked_history, load_checkpoint
 from gpu_lessons.errors import CommandParser, UserError, run_command
 from gpu_lessons.models.tasks import BinaryTask, MulticlassTask, RegressionTask
 
@@ -340,7 +341,7 @@ class LessonPictures(Callback):
         checkpoint["callbacks"][self.state_key] = self.state_dict()
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self.history = checked_history(state_dict.get("history"), "the checkpoint")
+        self.history = checked_history(state_dict, "the checkpoint's LessonPictures")
 
     def _fit_pictures(self, trainer: Trainer, pl_module: LightningModule) -> Iterator[tuple[str, Figure]]:
         if self.history:
@@ -439,26 +440,6 @@ def _predictor(trainer: Trainer, pl_module: LightningModule) -> Predict:
     return predict
 
 
-def checked_history(history: Any, source: str) -> list[dict[str, float]]:
-    """A checkpoint's learning curves, or a :class:`UserError` naming what is wrong: a list of per-epoch dicts with
-    an integer ``epoch`` and numbers for the metrics."""
-    if history is None:
-        return []
-    entries = history if isinstance(history, list) else None
-    for entry in entries or ():
-        if (
-            not isinstance(entry, dict)
-            or isinstance(entry.get("epoch"), bool)
-            or not isinstance(entry.get("epoch"), int)
-            or not all(isinstance(k, str) and isinstance(v, (int, float)) for k, v in entry.items())
-        ):
-            entries = None
-            break
-    if entries is None:
-        raise UserError(f"{source}: its learning curves are damaged (not a list of per-epoch numbers)")
-    return [dict(entry) for entry in entries]
-
-
 def render(figure: Figure) -> np.ndarray:
     """The figure's pixels, ``[height, width, 3]`` uint8."""
     canvas = FigureCanvasAgg(figure)
@@ -477,7 +458,7 @@ def compare_runs(checkpoints: Sequence[Union[str, Path]], output: Union[str, Pat
     for path in map(Path, checkpoints):
         callbacks = load_checkpoint(path).get("callbacks")
         state = callbacks.get(LessonPictures.__qualname__) if isinstance(callbacks, dict) else None
-        history = checked_history(state.get("history") if isinstance(state, dict) else None, str(path))
+        history = checked_history(state if isinstance(state, dict) else {}, str(path))
         if not history:
             raise UserError(f"{path} holds no learning curves (it was not written by `gpu-lessons fit`)")
         # checkpoints/overfit/version_0/last.ckpt is the run "overfit/version_0"

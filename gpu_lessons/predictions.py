@@ -12,7 +12,7 @@ import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 from torch import Tensor
 
-from gpu_lessons.checkpointing import refuse_existing, write_new_file
+from gpu_lessons.atomic_files import refuse_existing, write_new_file
 from gpu_lessons.errors import UserError
 from gpu_lessons.models.base import batch_inputs
 from gpu_lessons.models.tasks import BinaryTask, MulticlassTask, RegressionTask

@@ -85,11 +85,11 @@ def test_states_restored_for_a_test_never_reach_a_later_fit(tmp_path) -> None:
     assert not torch.equal(torch.rand(3), before)  # the generator went on; nothing was rewound
 
 
-def test_damaged_random_states_are_one_clear_error(tmp_path) -> None:
+def test_damaged_random_states_are_one_clear_error_when_restored(tmp_path) -> None:
     callback = RandomStates()
-    callback.load_state_dict({"torch": "not a state"})
     with pytest.raises(CheckpointError, match="random-number states are damaged"):
-        callback.on_train_start(_trainer(tmp_path), None)
+        callback.load_state_dict({"torch": "not a state"})
+    assert callback._restored is None  # nothing to apply when training starts
 
 
 class EnvironmentDuringSteps(L.Callback):

@@ -18,7 +18,8 @@ from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, Pr
 
 from gpu_lessons import cli as cli_module
 from gpu_lessons.callbacks import CudaRuntimeCheckOnCpu, FiniteLossGuard, RandomStates
-from gpu_lessons.checkpointing import AtomicCheckpointIO, CheckpointOnSigterm, LessonCheckpoint, load_checkpoint
+from gpu_lessons.checkpointing import AtomicCheckpointIO, CheckpointOnSigterm, ConfinedCheckpoint, LessonCheckpoint
+from gpu_lessons.safe_checkpoints import load_checkpoint
 from gpu_lessons.cli import LessonCLI
 from gpu_lessons.models import MLPLesson
 from gpu_lessons.predictions import PredictionPrinter
@@ -152,7 +153,7 @@ def test_every_callback_and_plugin_the_cli_adds_is_in_the_config(capsys: pytest.
     assert {class_path.rsplit(".", 1)[1] for class_path in CLI_DEFAULTS.values()} <= {
         type(c).__name__ for c in trainer.callbacks
     }
-    assert [type(c) for c in trainer.checkpoint_callbacks] == [LessonCheckpoint, ModelCheckpoint]
+    assert [type(c) for c in trainer.checkpoint_callbacks] == [LessonCheckpoint, ConfinedCheckpoint]
     assert isinstance(trainer.strategy.checkpoint_io, AtomicCheckpointIO)
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from gpu_lessons.checkpointing import load_checkpoint
+from gpu_lessons.safe_checkpoints import load_checkpoint
 from gpu_lessons.models import Lesson, RegressionLesson
 
 from .conftest import REPO

@@ -15,7 +15,8 @@ import PIL.Image
 import pytest
 import torch
 
-from gpu_lessons.checkpointing import AtomicCheckpointIO, load_checkpoint
+from gpu_lessons.checkpointing import AtomicCheckpointIO
+from gpu_lessons.safe_checkpoints import load_checkpoint
 from gpu_lessons.errors import CheckpointError
 from gpu_lessons.models import RegressionLesson
 
@@ -385,7 +386,7 @@ def test_a_full_disk_is_one_error_line_and_the_last_checkpoint_survives(trained_
 def test_a_save_never_removes_another_live_writers_temporary_file(tmp_path: Path) -> None:
     """Two runs saving to one folder: the second save must not delete the first's temporary file mid-write (the
     first would then fail on its rename). Only a dead writer's leftovers are removed."""
-    from gpu_lessons.checkpointing import write_atomically
+    from gpu_lessons.atomic_files import write_atomically
 
     target = tmp_path / "last.ckpt"
 
@@ -396,7 +397,7 @@ def test_a_save_never_removes_another_live_writers_temporary_file(tmp_path: Path
     write_atomically(target, first_writer)
     assert target.read_bytes() == b"first"  # the first writer's rename still found its file
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
-    from gpu_lessons.checkpointing import _HOST
+    from gpu_lessons.atomic_files import _HOST
 
     leftover = tmp_path / f".last.ckpt.{_HOST}.{int(dead.stdout)}.abcd1234.tmp"
     foreign = tmp_path / ".last.ckpt.otherhost.1.abcd1234.tmp"  # another machine's, on a shared folder

@@ -4,12 +4,15 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
-from gpu_lessons.checkpointing import load_checkpoint
+from gpu_lessons.safe_checkpoints import load_checkpoint
 
 from .conftest import REPO
 from .helpers import run
@@ -93,3 +96,39 @@ def test_a_checkpoint_of_the_old_format_resumes_with_a_last_ckpt_that_is_the_lat
     last = load_checkpoint(resumed / "last.ckpt")
     assert (last["epoch"], last["global_step"]) == (2, 300)  # two epochs of 100 steps in the checkpoint, and one more
     assert not list(workdir.rglob("last-v*.ckpt"))
+
+
+def test_a_version_another_run_claimed_at_the_same_moment_is_left_to_it(workdir: Path, monkeypatch) -> None:
+    """Between finding the next free N and creating its folders, another run may take N: this one takes N + 1 (the
+    claim is the mkdir, which fails where the folder exists) and never writes into the other's folders."""
+    from gpu_lessons import cli as cli_module
+
+    def another_run_starts_at_the_same_moment(*roots):
+        (workdir / "lightning_logs/step_lr/version_0").mkdir(parents=True)
+        (workdir / "lightning_logs/step_lr/version_0/events.other").write_text("the other run's")
+        return 0
+
+    monkeypatch.setattr(cli_module, "_next_version", another_run_starts_at_the_same_moment)
+    cli = run("fit", "step_lr", "--trainer.max_epochs", "1")
+    assert Path(cli.trainer.checkpoint_callback.dirpath).name == "version_1"
+    assert Path(cli.trainer.logger.log_dir).name == "version_1"
+    assert sorted(p.name for p in (workdir / "lightning_logs/step_lr/version_0").iterdir()) == ["events.other"]
+    assert sorted(p.name for p in (workdir / "checkpoints/step_lr").iterdir()) == ["version_1"]  # its claim of 0 undone
+
+
+@pytest.mark.slow
+def test_fits_started_together_each_get_their_own_version(workdir: Path) -> None:
+    args = ["fit", "--config", str(REPO / "configs/step_lr.yaml"), "--trainer.max_epochs", "1",
+                "--trainer.enable_progress_bar", "false", "--pictures.enabled", "false"]
+    processes = [
+        subprocess.Popen([sys.executable, "-m", "gpu_lessons", *args], cwd=workdir, stdout=subprocess.DEVNULL,
+                         stderr=subprocess.PIPE, env={**os.environ, "PYTHONPATH": str(REPO)})
+        for _ in range(3)
+    ]
+    for process in processes:
+        assert process.wait(timeout=300) == 0, process.stderr.read()[-2000:]
+    for root in ("checkpoints/step_lr", "lightning_logs/step_lr"):
+        assert sorted(p.name for p in (workdir / root).iterdir()) == ["version_0", "version_1", "version_2"]
+    for n in range(3):
+        assert (workdir / f"checkpoints/step_lr/version_{n}/last.ckpt").is_file()
+        assert len(list((workdir / f"lightning_logs/step_lr/version_{n}").glob("events.out.tfevents.*"))) == 1

@@ -14,7 +14,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Subset
 from torchvision import datasets, transforms
 
-from gpu_lessons.checkpointing import write_atomically
+from gpu_lessons.atomic_files import write_atomically
 from gpu_lessons.data.images import read_digits
 from gpu_lessons.data.tensor_datamodule import Split, TensorDataModule
 from gpu_lessons.errors import DatasetError, DatasetMissingError, UserError

@@ -18,7 +18,7 @@ from torch import Tensor, nn
 from torch.optim.lr_scheduler import CyclicLR, OneCycleLR, ReduceLROnPlateau
 from torchmetrics import MeanMetric, Metric
 
-from gpu_lessons.checkpointing import checked_hyperparameters, load_checkpoint
+from gpu_lessons.safe_checkpoints import checked_hyperparameters, load_checkpoint
 from gpu_lessons.errors import CheckpointError, UserError
 
 # Schedulers designed to move the learning rate every optimizer step, not every epoch.
@@ -95,7 +95,7 @@ class Lesson(LightningModule):
 
         The file is read once with ``weights_only=True`` (whatever ``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD`` says), and its
         hyperparameters must be plain values for the lesson's own arguments
-        (:func:`~gpu_lessons.checkpointing.checked_hyperparameters`); anything else is refused with a
+        (:func:`~gpu_lessons.safe_checkpoints.checked_hyperparameters`); anything else is refused with a
         :class:`~gpu_lessons.errors.CheckpointError`. On the base class, ``Lesson.load_from_checkpoint`` builds the
         lesson the checkpoint names when that class is already imported (``from gpu_lessons.models import ...``).
         ``kwargs`` override the checkpoint's hyperparameters and may be anything: they come from your own code.
@@ -111,7 +111,7 @@ class Lesson(LightningModule):
         cls, checkpoint: dict[str, Any], source: object = "the checkpoint", map_location: Any = None, **kwargs: Any
     ) -> "Lesson":
         """:meth:`load_from_checkpoint` for a checkpoint already read by
-        :func:`~gpu_lessons.checkpointing.load_checkpoint` (so a caller that needs more of the file reads it once);
+        :func:`~gpu_lessons.safe_checkpoints.load_checkpoint` (so a caller that needs more of the file reads it once);
         ``source`` names it in errors."""
         if kwargs.get("hparams_file") is not None:
             raise CheckpointError("hparams_file is not supported: pass the hyperparameters as keyword arguments")

@@ -1,0 +1,106 @@
+"""Files written atomically: a reader, or a crash, sees the old bytes or the new ones, never a mix; and a file the
+user asked for is never written over unless they said so."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import socket
+from pathlib import Path
+from typing import IO, Callable, Union
+
+from gpu_lessons.errors import OutputExistsError
+
+PathLike = Union[str, "os.PathLike[str]"]
+
+
+def write_atomically(path: Path, write: Callable[[IO[bytes]], object], *, overwrite: bool = True) -> None:
+    """Write ``path`` so that a reader (or a crash) sees the old bytes or the new ones, never a mix.
+
+    The bytes go to a temporary file in the *same folder* (so the rename cannot become a cross-filesystem copy, as
+    with ``TMPDIR`` elsewhere), are fsynced, and ``os.replace`` swaps the file in one step. The temporary file's name
+    holds this machine's name and the writer's process id: one that a killed writer of the same path left behind is
+    removed first, and another live writer's never is. With ``overwrite=False`` the file is linked into place, which
+    fails with :class:`FileExistsError` if ``path`` exists by then (no check-then-write race).
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    for stale in path.parent.glob(f".{path.name}.*.tmp"):
+        if _writer_is_gone(stale):
+            stale.unlink(missing_ok=True)
+    temporary = path.parent / f".{path.name}.{_HOST}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
+    # os.open rather than mkstemp: mkstemp's files are owner-only (0600); these get the usual umask bits
+    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
+    try:
+        with os.fdopen(descriptor, "wb") as file:
+            write(file)
+            file.flush()
+            os.fsync(file.fileno())
+        if overwrite:
+            os.replace(temporary, path)
+        else:
+            os.link(temporary, path)
+            temporary.unlink()
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
+    _fsync_directory(path.parent)
+
+
+def refuse_existing(path: PathLike) -> Path:
+    """``path``, or an :class:`OutputExistsError` if a file (or a link, even a dangling one) is there already: the
+    check before the work that makes a new file's bytes (:func:`write_new_file` checks again as it writes)."""
+    path = Path(path)
+    if path.exists() or path.is_symlink():
+        raise OutputExistsError(path)
+    return path
+
+
+def write_new_file(path: PathLike, data: bytes, *, overwrite: bool = False) -> Path:
+    """Write ``data`` to ``path`` atomically (:func:`write_atomically`), never over an existing file unless
+    ``overwrite``: how every command writes a file the user asked for (predictions, a picture, weights, a config).
+
+    An existing file is an :class:`OutputExistsError`, also one that appeared while the data was made (the file is
+    linked into place, so there is no check-then-write race). A write error names ``path``.
+    """
+    path = Path(path)
+    try:
+        write_atomically(path, lambda file: file.write(data), overwrite=overwrite)
+    except FileExistsError:
+        if not (path.exists() or path.is_symlink()):  # not ``path`` but a folder on its way (a file named like it)
+            raise
+        raise OutputExistsError(path) from None
+    except OSError as error:
+        if error.filename is None and error.errno is not None:  # from fsync or write, which name no file
+            raise OSError(error.errno, error.strerror, str(path)) from None
+        raise
+    return path
+
+
+_HOST = socket.gethostname().replace(".", "_") or "host"
+
+
+def _writer_is_gone(temporary: Path) -> bool:
+    """Whether the process that named ``temporary`` (``.NAME.HOST.PID.TOKEN.tmp``) is provably dead: it ran on this
+    machine and no process has its id. A file of another machine (a shared folder) or of a live process is kept."""
+    parts = temporary.name.rsplit(".", 4)
+    if len(parts) != 5 or parts[1] != _HOST or not parts[2].isdigit():
+        return False
+    try:
+        os.kill(int(parts[2]), 0)
+    except ProcessLookupError:
+        return True
+    except OSError:  # e.g. PermissionError: the process exists but is another user's
+        return False
+    return False
+
+
+def _fsync_directory(folder: Path) -> None:
+    """Make the rename itself durable (a no-op where directories cannot be opened, e.g. Windows)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -1,0 +1,435 @@
+"""Reading checkpoints, which are someone else's data: tensors and plain values only (never pickled code), nothing in
+them chooses code, and every part is checked before Lightning or the lesson acts on it."""
+
+from __future__ import annotations
+
+import inspect
+import pickle
+import reprlib
+import stat
+import types
+import typing
+import zipfile
+from pathlib import Path
+from typing import Any, Literal, Optional, TypeVar, Union
+
+import torch
+from lightning.pytorch import LightningModule
+
+from gpu_lessons.atomic_files import PathLike
+from gpu_lessons.errors import CheckpointError, imported_class
+
+T = TypeVar("T")
+
+
+# What LightningCLI records in every checkpoint it writes. It is accepted (so those checkpoints load) but never
+# called: classes are built here from the checked plain values, never by an instantiator a checkpoint names.
+LIGHTNING_CLI_INSTANTIATOR = "lightning.pytorch.cli.instantiate_module"
+_PLAIN_SCALARS = (bool, int, float, str, type(None))
+_SEQUENCES = (list, tuple, typing.get_origin(typing.Sequence[int]))
+
+
+# Bounds on what a checkpoint may hold, checked before anything walks it: a 19 KB file of shared references can
+# describe 2^40 entries, and a small deflated entry can unpack to gigabytes.
+MAX_DEPTH = 24  # a Lightning checkpoint nests 8 deep (loops); hyperparameters are flat
+MAX_ENTRIES = 1_000_000  # containers' items visited, shared ones counted at each visit
+MAX_STRING = 100_000  # characters in one string
+PREVIEW = 60  # characters of a value echoed in a message
+
+
+def load_checkpoint(path: PathLike, map_location: Any = "cpu", weights_only: Optional[bool] = None) -> dict[str, Any]:
+    """Load a checkpoint with ``weights_only=True``: tensors and plain data only, never pickled code. Every read of a
+    checkpoint goes through here (the CLI's, Lightning's through :class:`AtomicCheckpointIO`, ``load_from_checkpoint``,
+    the export, the pictures).
+
+    Before unpacking, its archive must store its entries as ``torch.save`` does (uncompressed, so its size in memory
+    is its size on disk); after, it must be bounded (:func:`check_bounded`) and its ``callbacks`` states well formed
+    (:func:`check_callback_states`). ``weights_only`` is for callers that hand on Lightning's or torch's argument:
+    ``None`` or ``True``; ``False`` is refused. Passing ``weights_only=True`` to torch explicitly also overrides
+    ``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1``. Raises :class:`CheckpointError` with what is wrong instead of torch's
+    unpickling traceback.
+    """
+    if weights_only is False:
+        raise CheckpointError("gpu_lessons loads checkpoints with weights_only=True only")
+    path = Path(path)
+    _check_is_a_file(path)
+    try:
+        with zipfile.ZipFile(path) as archive:  # torch.save's format; a truncated file loses its zip directory
+            compressed = [entry.filename for entry in archive.infolist() if entry.compress_type != zipfile.ZIP_STORED]
+    except (zipfile.BadZipFile, OSError, ValueError):
+        raise CheckpointError(f"{path} is not a readable PyTorch checkpoint (truncated, or another kind of file)") from None
+    if compressed:
+        raise CheckpointError(
+            f"{path}: refusing to load it: {preview(compressed[0])} is compressed, which torch.save never does (a small "
+            "compressed entry can unpack to gigabytes)"
+        )
+    try:
+        checkpoint = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as error:
+        reason = str(error).strip().splitlines()[0]
+        raise CheckpointError(
+            f"{path}: refusing to load it: it holds Python objects other than tensors and plain data, which could "
+            f"run code when unpickled ({preview(reason, 200)})"
+        ) from None
+    except Exception as error:  # a damaged archive fails in many ways; all mean the same to the user
+        raise CheckpointError(f"{path} is not a readable PyTorch checkpoint ({type(error).__name__}: {preview(error, 200)})") from None
+    if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
+        raise CheckpointError(f"{path} is a PyTorch file but not a Lightning checkpoint (it has no state_dict)")
+    check_bounded(checkpoint, path)
+    state_dict = checkpoint["state_dict"]
+    if not isinstance(state_dict, dict) or not all(isinstance(value, torch.Tensor) for value in state_dict.values()):
+        raise CheckpointError(f"{path} is damaged: its state_dict is not a mapping of parameter names to tensors")
+    check_callback_states(checkpoint, path)
+    return checkpoint
+
+
+def _check_is_a_file(path: Path) -> None:
+    """A regular file, or a :class:`CheckpointError` saying what is there instead (a FIFO or ``/dev/zero`` would
+    block or never end)."""
+    try:
+        mode = path.stat().st_mode
+    except FileNotFoundError:
+        what = "a symbolic link to nothing" if path.is_symlink() else "no such checkpoint file"
+        raise CheckpointError(f"{path}: {what}") from None
+    except OSError as error:  # ELOOP: a symbolic link loop; ENOTDIR, ENAMETOOLONG, EACCES: say which
+        raise CheckpointError(f"{path}: cannot read it ({error.strerror})") from None
+    if not stat.S_ISREG(mode):
+        what = "a folder" if stat.S_ISDIR(mode) else "a FIFO" if stat.S_ISFIFO(mode) else "a device or other special file"
+        raise CheckpointError(f"{path} is {what}, not a checkpoint file")
+
+
+def preview(value: object, limit: int = PREVIEW) -> str:
+    """``repr(value)`` cut to ``limit`` characters: what a message may echo of someone else's data. (A string is cut
+    before ``repr``: a 50 MB hyperparameter is never copied whole.)"""
+    if isinstance(value, str) and len(value) > limit:
+        return repr(value[:limit]) + f"... ({len(value):,} characters)"
+    if isinstance(value, BaseException):
+        value = str(value)
+        return value if len(value) <= limit else value[:limit] + "..."
+    if isinstance(value, (list, tuple, dict)) and len(value) > 8:
+        return f"a {type(value).__name__} of {len(value):,} items"
+    try:
+        shown = reprlib.repr(value)
+    except Exception:  # a recursive or broken object: its type says enough
+        shown = f"a {type(value).__name__}"
+    return shown if len(shown) <= limit else shown[:limit] + "..."
+
+
+def check_bounded(checkpoint: Any, source: object) -> None:
+    """Raise :class:`CheckpointError` unless the checkpoint nests at most :data:`MAX_DEPTH` deep, holds at most
+    :data:`MAX_ENTRIES` entries (shared references counted each time they appear, as a walk would meet them) and
+    strings of at most :data:`MAX_STRING` characters, and its tensors are ordinary ones: dense, of real data (not on
+    the meta device) and not overlapping in memory (an expanded tensor, which in-place updates reject).
+
+    Iterative, so a list nested 5,000 deep is refused, not a RecursionError. Run before anything else walks it."""
+    pending: list[tuple[str, Any, int]] = [("", checkpoint, 0)]
+    visited = 0
+    while pending:
+        where, value, depth = pending.pop()
+        visited += 1
+        if visited > MAX_ENTRIES:
+            raise CheckpointError(f"{source}: refusing to load it: it holds more than {MAX_ENTRIES:,} entries")
+        if depth > MAX_DEPTH:
+            where = where.split("[", 1)[0] or "it"  # the key, not a long run of indices
+            raise CheckpointError(f"{source}: refusing to load it: {where} nests more than {MAX_DEPTH} levels deep")
+        if isinstance(value, dict):
+            pending.extend((f"{where}.{str(key)[:30]}".lstrip("."), item, depth + 1) for key, item in value.items())
+            pending.extend((where, key, depth + 1) for key in value if not isinstance(key, (str, int)))
+        elif isinstance(value, (list, tuple)):
+            pending.extend((f"{where}[{i}]", item, depth + 1) for i, item in enumerate(value))
+        elif isinstance(value, str) and len(value) > MAX_STRING:
+            raise CheckpointError(f"{source}: refusing to load it: {where} is a string of {len(value):,} characters")
+        elif isinstance(value, torch.Tensor) and not _is_ordinary(value):
+            raise CheckpointError(
+                f"{source} is damaged: {where} is a {value.layout} tensor on {value.device.type} with strides "
+                f"{list(value.stride()) if value.layout == torch.strided else '-'}; only dense tensors of real data "
+                "are loaded"
+            )
+
+
+def _is_ordinary(tensor: torch.Tensor) -> bool:
+    if tensor.layout != torch.strided or tensor.is_meta:
+        return False
+    # an expanded tensor repeats one element along a dimension of stride 0
+    return all(stride != 0 or size <= 1 for size, stride in zip(tensor.shape, tensor.stride()))
+
+
+# -- the states of the callbacks the CLI adds, which Lightning hands back to them on every load ----------------------
+
+MAX_HISTORY = 100_000  # epochs in a run's learning curves
+MAX_SAVED_CHECKPOINTS = 10_000  # a ModelCheckpoint's best_k_models
+_PATH_KEYS = ("best_model_path", "kth_best_model_path", "last_model_path")
+_SCORE_KEYS = ("best_model_score", "current_score", "kth_value")
+
+
+def check_callback_states(checkpoint: dict[str, Any], source: object) -> None:
+    """Raise :class:`CheckpointError` unless ``checkpoint["callbacks"]`` is a mapping of state keys to states and the
+    states of the callbacks this package adds (a ``ModelCheckpoint``'s, the pictures' history, the random states)
+    are well formed. Which files a ``ModelCheckpoint`` state may name is :class:`ConfinedCheckpoint`'s to decide, as
+    only it knows its folder."""
+    states = checkpoint.get("callbacks", {})
+    if not isinstance(states, dict) or not all(isinstance(key, str) and isinstance(state, dict) for key, state in states.items()):
+        raise CheckpointError(f"{source} is damaged: its callbacks state is not a mapping of callback names to states")
+    for key, state in states.items():
+        name = key.split("{", 1)[0]
+        if name.endswith("Checkpoint") and "best_model_path" in state:
+            checked_model_checkpoint_state(state, _MODEL_CHECKPOINT_KEYS, f"{source}: {name}")
+        elif name == "LessonPictures":
+            checked_history(state, f"{source}: {name}")
+        elif name == "RandomStates":
+            checked_random_states(state, f"{source}: {name}")
+
+
+def checked_model_checkpoint_state(state: Any, expected_keys: typing.Collection[str], source: str) -> dict[str, Any]:
+    """A ``ModelCheckpoint`` state with its keys (those of ``expected_keys``, the callback's own ``state_dict``) and
+    types checked: strings for the paths, at most :data:`MAX_SAVED_CHECKPOINTS` saved ones, scalar tensors (or
+    ``None``) for the scores. Anything else raises :class:`CheckpointError` naming the key."""
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{source}: its state is not a mapping")
+    unknown = sorted(str(key) for key in state if key not in expected_keys)
+    if unknown:
+        raise CheckpointError(f"{source}: its state has keys a ModelCheckpoint does not keep: {', '.join(unknown)[:PREVIEW]}")
+    missing = [key for key in ("best_model_path", "best_model_score") if key not in state]
+    if missing:
+        raise CheckpointError(f"{source}: its state has no {' or '.join(missing)}")
+    for key, value in state.items():
+        if key in _PATH_KEYS or key in ("dirpath", "monitor"):
+            fine = isinstance(value, str) or (value is None and key in ("dirpath", "monitor"))
+        elif key in _SCORE_KEYS:
+            fine = value is None or _is_score(value)
+        elif key == "best_k_models":
+            fine = (
+                isinstance(value, dict)
+                and len(value) <= MAX_SAVED_CHECKPOINTS
+                and all(isinstance(path, str) and _is_score(score) for path, score in value.items())
+            )
+        else:  # a key a newer Lightning keeps: plain values only
+            fine = isinstance(value, _PLAIN_SCALARS) or _is_score(value)
+        if not fine:
+            raise CheckpointError(f"{source}: its {key} is {preview(value)}, which is not what a ModelCheckpoint keeps there")
+    return state
+
+
+def _is_score(value: object) -> bool:
+    return isinstance(value, torch.Tensor) and value.numel() == 1 and value.is_floating_point()
+
+
+def _model_checkpoint_keys() -> frozenset[str]:
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    return frozenset(ModelCheckpoint().state_dict())
+
+
+_MODEL_CHECKPOINT_KEYS = _model_checkpoint_keys()
+
+
+def checked_history(state: Any, source: str) -> list[dict[str, float]]:
+    """The pictures' state (``{"history": [...]}``) as learning curves, or a :class:`CheckpointError` naming what
+    is wrong: at most :data:`MAX_HISTORY` per-epoch dicts, each with an integer ``epoch`` and at most 64 named
+    numbers."""
+    if not isinstance(state, dict) or set(state) - {"history"}:
+        raise CheckpointError(f"{source}: its learning curves are damaged (not a mapping with only a history)")
+    history = state.get("history")
+    if history is None:
+        return []
+    if not isinstance(history, list) or len(history) > MAX_HISTORY:
+        raise CheckpointError(f"{source}: its learning curves are damaged (not a list of at most {MAX_HISTORY:,} epochs)")
+    for entry in history:
+        if (
+            not isinstance(entry, dict)
+            or len(entry) > 64
+            or isinstance(entry.get("epoch"), bool)
+            or not isinstance(entry.get("epoch"), int)
+            or not all(isinstance(k, str) and isinstance(v, (int, float)) and not isinstance(v, bool) for k, v in entry.items())
+        ):
+            raise CheckpointError(f"{source}: its learning curves are damaged (not a list of per-epoch numbers)")
+    return [dict(entry) for entry in history]
+
+
+def checked_random_states(state: Any, source: str) -> dict[str, Any]:
+    """The random-number states of ``RandomStates`` (torch's CPU generator, a CUDA generator or ``None``, Python's
+    ``random``), or a :class:`CheckpointError`: the exact keys, uint8 tensors of the generators' sizes, and the
+    shape of ``random.getstate()``."""
+    if not isinstance(state, dict) or set(state) != {"torch", "cuda", "python"}:
+        raise CheckpointError(f"{source}: the random-number states are damaged (not torch, cuda and python states)")
+    size = torch.get_rng_state().numel()
+    generators = [state["torch"]] + ([] if state["cuda"] is None else [state["cuda"]])
+    python = state["python"]
+    fine = (
+        all(isinstance(g, torch.Tensor) and g.dtype == torch.uint8 and g.dim() == 1 and g.numel() <= 4 * size for g in generators)
+        and state["torch"].numel() == size
+        and isinstance(python, tuple)
+        and len(python) == 3
+        and isinstance(python[0], int)
+        and isinstance(python[1], tuple)
+        and len(python[1]) == 625
+        and all(isinstance(n, int) and not isinstance(n, bool) and 0 <= n < 2**32 for n in python[1][:624])
+        and isinstance(python[1][624], int)
+        and 0 <= python[1][624] <= 624
+        and (python[2] is None or isinstance(python[2], float))
+    )
+    if not fine:
+        raise CheckpointError(f"{source}: the random-number states are damaged (not the generators' states)")
+    return state
+
+
+def checked_hyperparameters(checkpoint: dict[str, Any], base: type[T], source: object) -> tuple[type[T], dict[str, Any]]:
+    """The class a checkpoint was written by and its constructor arguments, as data only: nothing in it chooses code.
+
+    A checkpoint is someone else's data, and LightningCLI's and Lightning's ``load_from_checkpoint`` would let its
+    ``hyper_parameters`` pick code: a ``class_path`` for jsonargparse to import and call, an ``_instantiator`` to
+    import, a string that a ``Callable`` argument resolves by importing. Here:
+
+    * ``_class_path`` must name an already-imported subclass of ``base`` (nothing is imported); without it, ``base``;
+    * ``_instantiator`` may only be the value LightningCLI records, and is dropped;
+    * every value must be plain data (``None``, bool, number, string, or lists of those), so no nested class spec;
+    * an argument of the class's ``__init__`` whose type is not plain data (a network, an optimizer factory) is
+      refused; keys ``__init__`` does not take are dropped, as Lightning's own loading drops them.
+
+    Anything else raises :class:`CheckpointError` naming the key. ``source`` (the file) is only for messages.
+    """
+    hparams = checkpoint.get("hyper_parameters") or {}
+    if not isinstance(hparams, dict) or not all(isinstance(key, str) for key in hparams):
+        raise CheckpointError(f"{source}: its hyper_parameters are not a mapping of names to values")
+    hparams = dict(hparams)
+    instantiator = hparams.pop("_instantiator", LIGHTNING_CLI_INSTANTIATOR)
+    if instantiator != LIGHTNING_CLI_INSTANTIATOR:
+        raise CheckpointError(
+            f"{source}: refusing to load it: its hyperparameters name the instantiator {instantiator!r}; "
+            "a checkpoint may not choose code, and nothing from it was imported"
+        )
+    cls = base
+    class_path = hparams.pop("_class_path", None)
+    if class_path is not None:
+        named = imported_class(class_path) if isinstance(class_path, str) else None
+        if named is not None and issubclass(named, LightningModule) and not issubclass(named, base):
+            # another lesson's checkpoint, e.g. an MLPLesson's given to CNNLesson.load_from_checkpoint
+            raise CheckpointError(f"{source} holds a {named.__name__}, not a {base.__name__}")
+        if named is None or not issubclass(named, base):
+            raise CheckpointError(
+                f"{source}: refusing to load it: its hyperparameters name the class {class_path!r}, which is not an "
+                f"imported {base.__name__}; a checkpoint may not choose code, and nothing from it was imported"
+            )
+        cls = named
+    parameters = inspect.signature(cls.__init__).parameters
+    hints = typing.get_type_hints(cls.__init__)
+    arguments = {}
+    for key, value in hparams.items():
+        if not _is_plain_value(value):
+            raise CheckpointError(
+                f"{source}: refusing to load it: hyperparameter {key!r} is not plain data ({_describe(value)}); "
+                "a checkpoint may not choose code"
+            )
+        if key not in parameters:
+            continue
+        annotation = hints.get(key, Any)
+        if not _is_plain_type(annotation):
+            raise CheckpointError(
+                f"{source}: refusing to load it: hyperparameter {key!r} sets {cls.__name__}'s {key}, whose type "
+                "is not plain data (it takes code: a class or a callable); a checkpoint may only hold plain values"
+            )
+        if not _conforms(value, annotation):
+            raise CheckpointError(
+                f"{source}: hyperparameter {key!r} is {value!r}, which {cls.__name__}'s {key} does not take "
+                f"({_type_name(annotation)})"
+            )
+        arguments[key] = value
+    return cls, arguments
+
+
+def check_weights_fit(checkpoint: dict[str, Any], model: torch.nn.Module, source: object) -> None:
+    """Raise :class:`CheckpointError` unless the checkpoint's ``state_dict`` has exactly ``model``'s names and shapes
+    (saying which differ), before Lightning's ``load_state_dict`` would fail with a traceback mid-run."""
+    expected = model.state_dict()
+    saved = checkpoint["state_dict"]
+    problems = [f"no {name}" for name in expected if name not in saved]
+    problems += [f"an unexpected {name}" for name in saved if name not in expected]
+    problems += [
+        f"{name} of shape {list(saved[name].shape)}, not {list(tensor.shape)}"
+        for name, tensor in expected.items()
+        if name in saved and saved[name].shape != tensor.shape
+    ]
+    if problems:
+        more = f" and {len(problems) - 3} more" if len(problems) > 3 else ""
+        raise CheckpointError(
+            f"{source} does not hold this {type(model).__name__}'s weights: it has {'; '.join(problems[:3])}{more}"
+        )
+
+
+def check_resumable(checkpoint: dict[str, Any], model: torch.nn.Module, source: object) -> None:
+    """Raise :class:`CheckpointError` unless ``fit`` can resume from the checkpoint: it has the loops' and
+    optimizer's state (not only weights) and, for a lesson, that state is its configured optimizer's."""
+    missing = [key for key in ("loops", "optimizer_states") if not isinstance(checkpoint.get(key), (dict, list))]
+    if missing:
+        raise CheckpointError(
+            f"{source} holds no {' or '.join(missing)} (a weights-only checkpoint, or a damaged one): fit cannot resume "
+            "from it; test or predict with it, or load it in Python (load_from_checkpoint) to train on from its weights"
+        )
+    schedulers = checkpoint.get("lr_schedulers", [])
+    if not isinstance(schedulers, list) or not all(isinstance(state, dict) for state in schedulers):
+        raise CheckpointError(f"{source} is damaged: its lr_schedulers state is not a list of scheduler states")
+    factory = getattr(model, "optimizer_factory", None)
+    states = checkpoint["optimizer_states"]
+    if factory is None or not isinstance(states, list) or len(states) != 1:
+        return
+    groups = states[0].get("param_groups") if isinstance(states[0], dict) else None
+    if not isinstance(groups, list) or len(groups) != 1 or not isinstance(groups[0], dict):
+        raise CheckpointError(f"{source} is damaged: its optimizer state has no usable param_groups")
+    # Load the saved settings into the configured optimizer on stand-in parameters: what the optimizer then still
+    # lacks (SGD's momentum after Adam's state) would fail with a KeyError at the first step.
+    probe = factory([torch.nn.Parameter(torch.zeros(1)) for _ in groups[0].get("params", ())])
+    try:
+        probe.load_state_dict({"state": {}, "param_groups": groups})
+    except (ValueError, KeyError, TypeError) as error:
+        raise CheckpointError(f"{source}: its optimizer state does not fit the configured optimizer ({error})") from None
+    lacking = sorted(set(probe.defaults) - set(probe.param_groups[0]))
+    if lacking:
+        raise CheckpointError(
+            f"{source} was trained with another optimizer than the configured {type(probe).__name__} (its state has no "
+            f"{', '.join(lacking)}): resume with the optimizer it was trained with (the run's config.yaml says which)"
+        )
+
+
+def _is_plain_value(value: object) -> bool:
+    if isinstance(value, (list, tuple)):
+        return all(_is_plain_value(item) for item in value)
+    return isinstance(value, _PLAIN_SCALARS)
+
+
+def _is_plain_type(annotation: object) -> bool:
+    """Whether an argument of this type can only receive plain data (jsonargparse would not import anything for it)."""
+    if annotation in _PLAIN_SCALARS:
+        return True
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if origin is Literal:
+        return all(_is_plain_value(choice) for choice in args)
+    if origin in (Union, types.UnionType, *_SEQUENCES):
+        return all(arg is Ellipsis or _is_plain_type(arg) for arg in args)
+    return False
+
+
+def _conforms(value: object, annotation: object) -> bool:
+    """Whether a plain value is one that ``annotation`` (a plain type, see :func:`_is_plain_type`) accepts."""
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if origin is Literal:
+        return any(value == choice and type(value) is type(choice) for choice in args)
+    if origin in (Union, types.UnionType):
+        return any(_conforms(value, arg) for arg in args)
+    if origin in _SEQUENCES:
+        items = [arg for arg in args if arg is not Ellipsis]
+        return isinstance(value, (list, tuple)) and all(any(_conforms(v, arg) for arg in items) for v in value or ())
+    if isinstance(value, bool):  # a bool is an int to Python, not to a config
+        return annotation is bool
+    if annotation is float:
+        return isinstance(value, (int, float))
+    return isinstance(value, annotation)  # type: ignore[arg-type]
+
+
+def _type_name(annotation: object) -> str:
+    return annotation.__name__ if isinstance(annotation, type) else str(annotation).replace("typing.", "")
+
+
+def _describe(value: object) -> str:
+    if isinstance(value, dict) and ("class_path" in value or "_class_path" in value):
+        return f"a class spec for {value.get('class_path', value.get('_class_path'))!r}"
+    return f"a {type(value).__name__}"
