@@ -28,8 +28,11 @@ def write_atomically(path: Path, write: Callable[[IO[bytes]], object], *, overwr
         if _writer_is_gone(stale):
             stale.unlink(missing_ok=True)
     temporary = path.parent / f".{path.name}.{_HOST}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
-    # os.open rather than mkstemp: mkstemp's files are owner-only (0600); these get the usual umask bits
-    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
+    try:
+        # os.open rather than mkstemp: mkstemp's files are owner-only (0600); these get the usual umask bits
+        descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
+    except OSError as error:
+        raise _naming(error, path, temporary) from None
     try:
         with os.fdopen(descriptor, "wb") as file:
             write(file)
@@ -40,10 +43,20 @@ def write_atomically(path: Path, write: Callable[[IO[bytes]], object], *, overwr
         else:
             os.link(temporary, path)
             temporary.unlink()
-    except BaseException:
+    except BaseException as error:
         temporary.unlink(missing_ok=True)
+        if isinstance(error, OSError) and not isinstance(error, FileExistsError):
+            raise _naming(error, path, temporary) from None
         raise
     _fsync_directory(path.parent)
+
+
+def _naming(error: OSError, path: Path, temporary: Path) -> OSError:
+    """``error`` naming the file the user asked for: a write or fsync names no file, and the temporary file is an
+    implementation detail (a read-only folder, a full disk)."""
+    if error.errno is None or error.filename not in (None, str(temporary), temporary):
+        return error
+    return type(error)(error.errno, error.strerror, str(path))
 
 
 def refuse_existing(path: PathLike) -> Path:
@@ -69,10 +82,6 @@ def write_new_file(path: PathLike, data: bytes, *, overwrite: bool = False) -> P
         if not (path.exists() or path.is_symlink()):  # not ``path`` but a folder on its way (a file named like it)
             raise
         raise OutputExistsError(path) from None
-    except OSError as error:
-        if error.filename is None and error.errno is not None:  # from fsync or write, which name no file
-            raise OSError(error.errno, error.strerror, str(path)) from None
-        raise
     return path
 
 

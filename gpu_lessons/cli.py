@@ -21,23 +21,25 @@ import logging
 import os
 import re
 import shutil
+import signal
 import sys
 import warnings
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
+import yaml
 from jsonargparse import Namespace
 from lightning.pytorch import LightningDataModule, Trainer
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, ProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
-from lightning.pytorch.utilities.exceptions import MisconfigurationException
+from lightning.pytorch.utilities.exceptions import MisconfigurationException, SIGTERMException
 
 from gpu_lessons import __version__
 from gpu_lessons.callbacks import CudaRuntimeCheckOnCpu, FiniteLossGuard, RandomStates
 from gpu_lessons.checkpointing import CheckpointOnSigterm, ConfinedCheckpoint, LessonCheckpoint
 from gpu_lessons.safe_checkpoints import check_resumable, check_weights_fit, checked_hyperparameters, load_checkpoint
 from gpu_lessons.cuda import cuda_unavailable_reason
-from gpu_lessons.errors import CheckpointError, UserError, exit_code, imported_class, one_line
+from gpu_lessons.errors import CheckpointError, UserError, exit_code, imported_class, one_line, preview
 from gpu_lessons.lessons import config_path
 from gpu_lessons.models.base import Lesson
 from gpu_lessons.pictures import LessonPictures
@@ -457,7 +459,7 @@ class LessonCLI(LightningCLI):
         if self.checkpoint is not None:
             check_weights_fit(self.checkpoint, model, self.ckpt_path)
             if self.subcommand == "fit":
-                check_resumable(self.checkpoint, model, self.ckpt_path)
+                check_resumable(self.checkpoint, model, self.ckpt_path, self.trainer.fit_loop.state_dict())
 
     def _resolve_accelerator(self, config: Namespace) -> None:
         accelerator = config.trainer.accelerator
@@ -468,7 +470,7 @@ class LessonCLI(LightningCLI):
             return
         devices = config.trainer.devices
         if not _is_device_count(devices):
-            raise UserError(f"trainer.devices {devices!r} is not a device count (>= 1, -1 for all, or auto) or a list of ids")
+            raise UserError(f"trainer.devices {preview(devices)} is not a device count (>= 1, -1 for all, or auto) or a list of ids")
         if config.strict_accelerator:
             raise UserError(f"accelerator '{accelerator}' was requested with strict_accelerator, but {reason}")
         sys.stderr.write(
@@ -511,7 +513,7 @@ def _set_model_settings(init_args: Namespace, hparams: dict[str, Any]) -> None:
     """Set a checkpoint's checked hyperparameters on the config's lesson: where they differ from the config, they win
     (they describe the trained network), and a line says so."""
     changed = [
-        f"{key} {init_args.get(key)!r} -> {value!r}"
+        f"{key} {preview(init_args.get(key))} -> {preview(value)}"
         for key, value in hparams.items()
         if key in init_args and init_args.get(key) != value
     ]
@@ -542,11 +544,11 @@ def _say_how_the_data_differs(checkpoint: dict[str, Any], config: Namespace, ckp
     if saved.get("_class_path") not in (None, data.class_path) and imported_class(str(saved.get("_class_path"))) is not (
         imported_class(data.class_path)
     ):
-        sys.stderr.write(f"gpu_lessons: {ckpt_path} was trained on {saved['_class_path']}, this fit uses {data.class_path}\n")
+        sys.stderr.write(f"gpu_lessons: {ckpt_path} was trained on {preview(saved['_class_path'])}, this fit uses {data.class_path}\n")
         return
     now = data.init_args
     changes = [
-        f"{key} {value!r} -> {now.get(key)!r}"
+        f"{key} {preview(value)} -> {preview(now.get(key))}"
         for key, value in saved.items()
         if isinstance(key, str) and not key.startswith("_") and key not in _DATA_LOCATION_KEYS
         and key in now and now.get(key) != value
@@ -582,11 +584,38 @@ def _config_file(value: str) -> str:
     jsonargparse would fail on it with a UnicodeDecodeError traceback."""
     value = config_path(value)
     if os.path.isfile(value):
+        if os.path.getsize(value) > MAX_CONFIG_BYTES:
+            raise UserError(f"--config {value} is {os.path.getsize(value):,} bytes, more than a config's {MAX_CONFIG_BYTES:,}")
         try:
-            Path(value).read_text(encoding="utf-8")
+            text = Path(value).read_text(encoding="utf-8")
         except UnicodeDecodeError as error:
             raise UserError(f"--config {value} is not a YAML text file (byte {error.start} is not UTF-8)") from None
+        _check_config_expansion(text, value)
     return value
+
+
+MAX_CONFIG_BYTES = 1_000_000
+MAX_CONFIG_VALUES = 100_000  # a lesson's config has about 50; aliases count at every use, as parsing expands them
+
+
+def _check_config_expansion(text: str, name: str) -> None:
+    """Refuse a config that expands to more than :data:`MAX_CONFIG_VALUES` values before it is parsed: YAML
+    aliases of aliases ("billion laughs") make a few lines into gigabytes. A file that is not valid YAML is left
+    to the parser's own message."""
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.YAMLError:
+        return
+    pending, count = [root] if root is not None else [], 0
+    while pending:
+        node = pending.pop()
+        count += 1
+        if count > MAX_CONFIG_VALUES:
+            raise UserError(f"--config {name} expands to more than {MAX_CONFIG_VALUES:,} values (YAML aliases count at every use)")
+        if isinstance(node, yaml.SequenceNode):
+            pending.extend(node.value)
+        elif isinstance(node, yaml.MappingNode):
+            pending.extend(item for pair in node.value for item in pair)
 
 
 def _is_device_count(devices: Any) -> bool:
@@ -604,7 +633,11 @@ def _check_trainer_counts(trainer: Namespace) -> None:
     for name in _POSITIVE_TRAINER_COUNTS:
         value = trainer.get(name)
         if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
-            raise UserError(f"trainer.{name} must be a positive integer, got {value!r}")
+            raise UserError(f"trainer.{name} must be a positive integer, got {preview(value)}")
+    # 0 would divide by zero mid-run (val_check_interval) or train nothing and still make the run's folders
+    for name in ("val_check_interval", "limit_train_batches"):
+        if trainer.get(name) == 0:
+            raise UserError(f"trainer.{name} must be more than 0 (a number of batches, or a fraction of the epoch)")
 
 
 def _shown(path: str) -> str:
@@ -643,7 +676,7 @@ def _quiet_lightning() -> None:
 def _checked_run_name(name: str) -> str:
     if not _RUN_NAME.fullmatch(name) or name in (".", ".."):
         raise UserError(
-            f"--run_name must be a plain folder name (letters, digits, '_', '.', '-'), got {name!r}: it names "
+            f"--run_name must be a plain folder name (letters, digits, '_', '.', '-'), got {preview(name)}: it names "
             "checkpoints/<run_name>/ and lightning_logs/<run_name>/"
         )
     return name
@@ -731,6 +764,7 @@ def cli_main(args: Optional[list[str]] = None) -> LessonCLI:
     """Run fit, validate, test or predict (``args`` instead of ``sys.argv`` lets tests drive it in-process): the
     LessonCLI, or, for a problem the user can fix, ``SystemExit`` with its exit code after its one error line."""
     _quiet_lightning()
+    previous = signal.signal(signal.SIGTERM, _stop_on_sigterm) if signal.getsignal(signal.SIGTERM) == signal.SIG_DFL else None
     try:
         return LessonCLI(args=args)
     except BaseException as error:
@@ -738,6 +772,17 @@ def cli_main(args: Optional[list[str]] = None) -> LessonCLI:
         if code is None:
             raise
         raise SystemExit(code) from None
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _stop_on_sigterm(signum: int, frame: Any) -> None:
+    """SIGTERM outside a fit's steps (parsing, building, setting up data, the summary) stops the command like one
+    inside them: exit code 143 with its line, not a silent death. While Lightning runs a stage its own handler is
+    current, and it calls this one beside its own: then this does nothing, and Lightning stops after the batch."""
+    if signal.getsignal(signal.SIGTERM) is _stop_on_sigterm:
+        raise SIGTERMException()
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ import difflib
 import errno
 import inspect
 import re
+import reprlib
 import sys
 from typing import Callable, NoReturn, Optional
 
@@ -28,6 +29,7 @@ from lightning.pytorch.utilities.exceptions import MisconfigurationException, SI
 EXIT_FAILED = 1
 EXIT_BAD_INPUT = 2
 EXIT_SIGTERM = 143
+PREVIEW = 60  # characters of someone else's value that a message echoes
 
 # OSErrors that describe the machine (disk, permissions, paths), not a bug
 _MACHINE_ERRNOS = {
@@ -166,3 +168,20 @@ def imported_class(class_path: str) -> Optional[type]:
     # vars(), not getattr(): a package's __getattr__ may import a submodule for a name it does not have
     found = vars(sys.modules[module]).get(name) if module in sys.modules else None
     return found if isinstance(found, type) else None
+
+
+def preview(value: object, limit: int = PREVIEW) -> str:
+    """``repr(value)`` cut to ``limit`` characters: what a message may echo of someone else's data. (A string is cut
+    before ``repr``: a 50 MB hyperparameter is never copied whole.)"""
+    if isinstance(value, str) and len(value) > limit:
+        return repr(value[:limit]) + f"... ({len(value):,} characters)"
+    if isinstance(value, BaseException):
+        value = str(value)
+        return value if len(value) <= limit else value[:limit] + "..."
+    if isinstance(value, (list, tuple, dict)) and len(value) > 8:
+        return f"a {type(value).__name__} of {len(value):,} items"
+    try:
+        shown = reprlib.repr(value)
+    except Exception:  # a recursive or broken object: its type says enough
+        shown = f"a {type(value).__name__}"
+    return shown if len(shown) <= limit else shown[:limit] + "..."

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import inspect
 import pickle
-import reprlib
 import stat
 import types
 import typing
@@ -17,7 +16,8 @@ import torch
 from lightning.pytorch import LightningModule
 
 from gpu_lessons.atomic_files import PathLike
-from gpu_lessons.errors import CheckpointError, imported_class
+from gpu_lessons.data.batches import POSITION_KEYS, check_position
+from gpu_lessons.errors import PREVIEW, CheckpointError, imported_class, preview
 
 T = TypeVar("T")
 
@@ -34,7 +34,6 @@ _SEQUENCES = (list, tuple, typing.get_origin(typing.Sequence[int]))
 MAX_DEPTH = 24  # a Lightning checkpoint nests 8 deep (loops); hyperparameters are flat
 MAX_ENTRIES = 1_000_000  # containers' items visited, shared ones counted at each visit
 MAX_STRING = 100_000  # characters in one string
-PREVIEW = 60  # characters of a value echoed in a message
 
 
 def load_checkpoint(path: PathLike, map_location: Any = "cpu", weights_only: Optional[bool] = None) -> dict[str, Any]:
@@ -96,23 +95,6 @@ def _check_is_a_file(path: Path) -> None:
     if not stat.S_ISREG(mode):
         what = "a folder" if stat.S_ISDIR(mode) else "a FIFO" if stat.S_ISFIFO(mode) else "a device or other special file"
         raise CheckpointError(f"{path} is {what}, not a checkpoint file")
-
-
-def preview(value: object, limit: int = PREVIEW) -> str:
-    """``repr(value)`` cut to ``limit`` characters: what a message may echo of someone else's data. (A string is cut
-    before ``repr``: a 50 MB hyperparameter is never copied whole.)"""
-    if isinstance(value, str) and len(value) > limit:
-        return repr(value[:limit]) + f"... ({len(value):,} characters)"
-    if isinstance(value, BaseException):
-        value = str(value)
-        return value if len(value) <= limit else value[:limit] + "..."
-    if isinstance(value, (list, tuple, dict)) and len(value) > 8:
-        return f"a {type(value).__name__} of {len(value):,} items"
-    try:
-        shown = reprlib.repr(value)
-    except Exception:  # a recursive or broken object: its type says enough
-        shown = f"a {type(value).__name__}"
-    return shown if len(shown) <= limit else shown[:limit] + "..."
 
 
 def check_bounded(checkpoint: Any, source: object) -> None:
@@ -295,7 +277,7 @@ def checked_hyperparameters(checkpoint: dict[str, Any], base: type[T], source: o
     instantiator = hparams.pop("_instantiator", LIGHTNING_CLI_INSTANTIATOR)
     if instantiator != LIGHTNING_CLI_INSTANTIATOR:
         raise CheckpointError(
-            f"{source}: refusing to load it: its hyperparameters name the instantiator {instantiator!r}; "
+            f"{source}: refusing to load it: its hyperparameters name the instantiator {preview(instantiator)}; "
             "a checkpoint may not choose code, and nothing from it was imported"
         )
     cls = base
@@ -307,7 +289,7 @@ def checked_hyperparameters(checkpoint: dict[str, Any], base: type[T], source: o
             raise CheckpointError(f"{source} holds a {named.__name__}, not a {base.__name__}")
         if named is None or not issubclass(named, base):
             raise CheckpointError(
-                f"{source}: refusing to load it: its hyperparameters name the class {class_path!r}, which is not an "
+                f"{source}: refusing to load it: its hyperparameters name the class {preview(class_path)}, which is not an "
                 f"imported {base.__name__}; a checkpoint may not choose code, and nothing from it was imported"
             )
         cls = named
@@ -317,7 +299,7 @@ def checked_hyperparameters(checkpoint: dict[str, Any], base: type[T], source: o
     for key, value in hparams.items():
         if not _is_plain_value(value):
             raise CheckpointError(
-                f"{source}: refusing to load it: hyperparameter {key!r} is not plain data ({_describe(value)}); "
+                f"{source}: refusing to load it: hyperparameter {preview(key)} is not plain data ({_describe(value)}); "
                 "a checkpoint may not choose code"
             )
         if key not in parameters:
@@ -325,12 +307,12 @@ def checked_hyperparameters(checkpoint: dict[str, Any], base: type[T], source: o
         annotation = hints.get(key, Any)
         if not _is_plain_type(annotation):
             raise CheckpointError(
-                f"{source}: refusing to load it: hyperparameter {key!r} sets {cls.__name__}'s {key}, whose type "
+                f"{source}: refusing to load it: hyperparameter {preview(key)} sets {cls.__name__}'s {key}, whose type "
                 "is not plain data (it takes code: a class or a callable); a checkpoint may only hold plain values"
             )
         if not _conforms(value, annotation):
             raise CheckpointError(
-                f"{source}: hyperparameter {key!r} is {value!r}, which {cls.__name__}'s {key} does not take "
+                f"{source}: hyperparameter {preview(key)} is {preview(value)}, which {cls.__name__}'s {key} does not take "
                 f"({_type_name(annotation)})"
             )
         arguments[key] = value
@@ -356,9 +338,13 @@ def check_weights_fit(checkpoint: dict[str, Any], model: torch.nn.Module, source
         )
 
 
-def check_resumable(checkpoint: dict[str, Any], model: torch.nn.Module, source: object) -> None:
+def check_resumable(
+    checkpoint: dict[str, Any], model: torch.nn.Module, source: object, fresh_fit_loop: Optional[dict[str, Any]] = None
+) -> None:
     """Raise :class:`CheckpointError` unless ``fit`` can resume from the checkpoint: it has the loops' and
-    optimizer's state (not only weights) and, for a lesson, that state is its configured optimizer's."""
+    optimizer's state (not only weights); its fit loop's state has every key of ``fresh_fit_loop`` (a new
+    trainer's ``fit_loop.state_dict()``) with counts for counts; and, for a lesson, its one optimizer state is the
+    configured optimizer's, for the lesson's parameters and of their shapes."""
     missing = [key for key in ("loops", "optimizer_states") if not isinstance(checkpoint.get(key), (dict, list))]
     if missing:
         raise CheckpointError(
@@ -368,26 +354,104 @@ def check_resumable(checkpoint: dict[str, Any], model: torch.nn.Module, source: 
     schedulers = checkpoint.get("lr_schedulers", [])
     if not isinstance(schedulers, list) or not all(isinstance(state, dict) for state in schedulers):
         raise CheckpointError(f"{source} is damaged: its lr_schedulers state is not a list of scheduler states")
+    if fresh_fit_loop is not None:
+        saved = checkpoint["loops"].get("fit_loop") if isinstance(checkpoint["loops"], dict) else None
+        _check_loop_state(saved, fresh_fit_loop, "fit_loop", source)
+        loaders = saved.get("state_dict", {}).get("combined_loader", [])
+        if not isinstance(loaders, list) or len(loaders) > 64:
+            raise CheckpointError(f"{source} is damaged: its data loaders' state is {preview(loaders)}")
+        for position in loaders:  # this package's loaders' (other loaders check their own)
+            if isinstance(position, dict) and set(position) <= set(POSITION_KEYS):
+                check_position(position, source)
     factory = getattr(model, "optimizer_factory", None)
     states = checkpoint["optimizer_states"]
-    if factory is None or not isinstance(states, list) or len(states) != 1:
+    if factory is None:  # a module that configures its own optimizers: Lightning's loading checks them
         return
-    groups = states[0].get("param_groups") if isinstance(states[0], dict) else None
-    if not isinstance(groups, list) or len(groups) != 1 or not isinstance(groups[0], dict):
-        raise CheckpointError(f"{source} is damaged: its optimizer state has no usable param_groups")
-    # Load the saved settings into the configured optimizer on stand-in parameters: what the optimizer then still
-    # lacks (SGD's momentum after Adam's state) would fail with a KeyError at the first step.
-    probe = factory([torch.nn.Parameter(torch.zeros(1)) for _ in groups[0].get("params", ())])
+    if not isinstance(states, list) or len(states) != 1 or not isinstance(states[0], dict):
+        count = len(states) if isinstance(states, (list, dict)) else "no"
+        raise CheckpointError(f"{source} holds {count} optimizer states; {type(model).__name__} trains with one optimizer")
+    groups, state = states[0].get("param_groups"), states[0].get("state")
+    if not isinstance(groups, list) or len(groups) != 1 or not isinstance(groups[0], dict) or not isinstance(state, dict):
+        raise CheckpointError(f"{source} is damaged: its optimizer state has no usable param_groups and state")
+    parameters = list(model.parameters())
+    ids = groups[0].get("params")
+    if not isinstance(ids, list) or ids != list(range(len(parameters))):
+        shown = f"{len(ids):,} parameter ids" if isinstance(ids, list) else preview(ids)
+        raise CheckpointError(
+            f"{source}: its optimizer state is for {shown}, not this lesson's {len(parameters)} parameters"
+        )
+    _check_optimizer_tensors(state, parameters, source)
+    # Load the saved settings into the configured optimizer on stand-ins of the parameters: what the optimizer then
+    # still lacks (SGD's momentum after Adam's state) would fail with a KeyError at the first step.
+    probe = factory([torch.nn.Parameter(torch.zeros_like(parameter)) for parameter in parameters])
     try:
         probe.load_state_dict({"state": {}, "param_groups": groups})
     except (ValueError, KeyError, TypeError) as error:
-        raise CheckpointError(f"{source}: its optimizer state does not fit the configured optimizer ({error})") from None
+        raise CheckpointError(f"{source}: its optimizer state does not fit the configured optimizer ({preview(error, 200)})") from None
     lacking = sorted(set(probe.defaults) - set(probe.param_groups[0]))
     if lacking:
         raise CheckpointError(
             f"{source} was trained with another optimizer than the configured {type(probe).__name__} (its state has no "
             f"{', '.join(lacking)}): resume with the optimizer it was trained with (the run's config.yaml says which)"
         )
+    for key, default in probe.defaults.items():
+        if not _like(groups[0][key], default):
+            raise CheckpointError(
+                f"{source} is damaged: its optimizer's {key} is {preview(groups[0][key])}, not like {type(probe).__name__}'s "
+                f"{preview(default)}"
+            )
+
+
+MAX_COUNT = 2**53  # a loop counter beyond this is no count Lightning wrote
+
+
+def _check_loop_state(saved: Any, fresh: dict[str, Any], where: str, source: object) -> None:
+    """``saved`` has every key of ``fresh`` (a new loop's state), dicts for dicts, bools for bools and counts (0 to
+    :data:`MAX_COUNT`) for ints; keys a new loop lacks are only accepted inside a ``state_dict`` (a data loader's
+    position, which its owner checks)."""
+    if not isinstance(saved, dict):
+        raise CheckpointError(f"{source} is damaged: its loop state {where} is {preview(saved)}, not a mapping")
+    missing = [key for key in fresh if key not in saved]
+    unknown = [key for key in saved if key not in fresh]
+    if missing:
+        raise CheckpointError(f"{source} is damaged: its loop state {where} has no {', '.join(map(str, missing))[:PREVIEW]}")
+    if unknown and not where.endswith("state_dict"):
+        raise CheckpointError(f"{source} is damaged: its loop state {where} has unknown keys {', '.join(map(str, unknown))[:PREVIEW]}")
+    for key, expected in fresh.items():
+        value, inner = saved[key], f"{where}.{key}"
+        if isinstance(expected, dict):
+            _check_loop_state(value, expected, inner, source)
+        elif isinstance(expected, bool):
+            if not isinstance(value, bool):
+                raise CheckpointError(f"{source} is damaged: its loop state {inner} is {preview(value)}, not true or false")
+        elif isinstance(expected, int) and (isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_COUNT):
+            raise CheckpointError(f"{source} is damaged: its loop state {inner} is {preview(value)}, not a count")
+
+
+def _check_optimizer_tensors(state: dict[Any, Any], parameters: list[torch.Tensor], source: object) -> None:
+    """Each saved optimizer buffer belongs to one of the parameters and has its shape (or is a scalar: a step)."""
+    for parameter_id, buffers in state.items():
+        if not isinstance(parameter_id, int) or not 0 <= parameter_id < len(parameters) or not isinstance(buffers, dict):
+            raise CheckpointError(f"{source} is damaged: its optimizer state has an entry for {preview(parameter_id)}")
+        shape = parameters[parameter_id].shape
+        for name, buffer in buffers.items():
+            if isinstance(buffer, torch.Tensor) and buffer.dim() > 0 and buffer.shape != shape:
+                raise CheckpointError(
+                    f"{source} is damaged: its optimizer's {preview(name)} for parameter {parameter_id} has shape "
+                    f"{list(buffer.shape)}, not {list(shape)}"
+                )
+
+
+def _like(value: object, default: object) -> bool:
+    """Whether a saved optimizer setting has the kind of value the optimizer's own default has."""
+    number = (int, float)
+    if isinstance(default, bool):
+        return isinstance(value, bool)
+    if isinstance(default, number) or isinstance(default, torch.Tensor):
+        return (isinstance(value, number) and not isinstance(value, bool)) or (isinstance(value, torch.Tensor) and value.numel() == 1)
+    if isinstance(default, (tuple, list)):
+        return isinstance(value, (tuple, list)) and len(value) == len(default) and all(_like(v, d) for v, d in zip(value, default))
+    return value is None or isinstance(value, (bool, str, *number))  # None defaults (foreach, fused): plain values
 
 
 def _is_plain_value(value: object) -> bool:
@@ -431,5 +495,5 @@ def _type_name(annotation: object) -> str:
 
 def _describe(value: object) -> str:
     if isinstance(value, dict) and ("class_path" in value or "_class_path" in value):
-        return f"a class spec for {value.get('class_path', value.get('_class_path'))!r}"
+        return f"a class spec for {preview(value.get('class_path', value.get('_class_path')))}"
     return f"a {type(value).__name__}"

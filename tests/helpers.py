@@ -83,3 +83,15 @@ class PoisonWeightsAtStep(Callback):
         if trainer.global_step == self.step:
             with torch.no_grad():
                 next(pl_module.net.parameters()).view(-1)[0] = float("nan")
+
+
+class SlowToBuild(Callback):
+    """Takes ``seconds`` to build, after saying so on stderr: a window in the command's start-up, before any stage."""
+
+    def __init__(self, seconds: float) -> None:
+        import sys
+        import time
+
+        sys.stderr.write("building slowly\n")
+        sys.stderr.flush()
+        time.sleep(seconds)

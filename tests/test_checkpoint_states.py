@@ -7,6 +7,7 @@ its "inside dirpath" test is textual. These tests plant victims where a checkpoi
 
 from __future__ import annotations
 
+import copy
 import os
 import shutil
 import sys
@@ -236,3 +237,66 @@ def test_what_is_not_a_checkpoint_file_is_named(tmp_path: Path) -> None:
     if Path("/dev/zero").exists():
         with pytest.raises(CheckpointError, match="is a device or other special file"):
             load_checkpoint("/dev/zero")
+
+
+def _edit(trained: dict[str, Any], change: Callable[[dict[str, Any]], None]) -> dict[str, Any]:
+    checkpoint = copy.deepcopy(trained)
+    change(checkpoint)
+    return checkpoint
+
+
+def _fit_loop(checkpoint: dict[str, Any]) -> dict[str, Any]:
+    return checkpoint["loops"]["fit_loop"]
+
+
+def _position(checkpoint: dict[str, Any]) -> dict[str, Any]:
+    return _fit_loop(checkpoint)["state_dict"]["combined_loader"][0]
+
+
+def _adam(checkpoint: dict[str, Any]) -> dict[str, Any]:
+    return checkpoint["optimizer_states"][0]
+
+
+UNRESUMABLE: dict[str, tuple[Callable[[dict[str, Any]], None], str]] = {
+    "a loop counter of -10**12": (
+        lambda c: _fit_loop(c)["epoch_progress"]["current"].update(completed=-10**12), "is -1000000000000, not a count"
+    ),
+    "a loop counter that is a string": (
+        lambda c: _fit_loop(c)["epoch_loop.batch_progress"]["total"].update(ready="100"), "is '100', not a count"
+    ),
+    "a missing loop key": (lambda c: _fit_loop(c).pop("epoch_progress"), "fit_loop has no epoch_progress"),
+    "an unknown loop key": (lambda c: _fit_loop(c)["epoch_progress"].update(extra=1), "has unknown keys extra"),
+    "two optimizer states": (lambda c: c["optimizer_states"].append(_adam(c)), "holds 2 optimizer states"),
+    "100,000 parameter ids": (
+        lambda c: _adam(c)["param_groups"][0].update(params=list(range(100_000))), "100,000 parameter ids, not this lesson's 4"
+    ),
+    "a string learning rate": (lambda c: _adam(c)["param_groups"][0].update(lr="0.01"), "optimizer's lr is '0.01'"),
+    "an optimizer buffer of the wrong shape": (
+        lambda c: _adam(c)["state"][0].update(exp_avg=torch.zeros(3, 3)), "exp_avg' for parameter 0 has shape [3, 3]"
+    ),
+    "an expanded optimizer buffer": (
+        lambda c: _adam(c)["state"][1].update(exp_avg=torch.zeros(1).expand(8)), "only dense tensors"
+    ),
+    "a meta tensor of the right shape": (
+        lambda c: c["state_dict"].update({"net.0.bias": torch.empty(8, device="meta")}), "only dense tensors"
+    ),
+    "batches_trained -1": (lambda c: _position(c).update(batches_trained=-1), "position in the epoch is damaged: its batches_trained is -1"),
+    "batch_size 0": (lambda c: _position(c).update(batch_size=0), "its batch_size is 0"),
+    "a position without batches_trained": (lambda c: _position(c).pop("batches_trained"), "position in the epoch is damaged"),
+}
+
+
+@pytest.mark.parametrize("case", list(UNRESUMABLE), ids=list(UNRESUMABLE))
+def test_a_checkpoint_fit_cannot_resume_from_is_one_error_line_and_leaves_no_folders(
+    case: str, trained: dict[str, Any], tmp_path: Path, monkeypatch, capsys
+) -> None:
+    change, expected = UNRESUMABLE[case]
+    torch.save(_edit(trained, change), tmp_path / "damaged.ckpt")
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as exit_info:
+        run("fit", "regression", "--ckpt_path", "damaged.ckpt", "--trainer.max_epochs", "3")
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and "Traceback" not in err
+    errors = [line for line in err.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and expected in errors[0] and len(errors[0]) < 400, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["damaged.ckpt"]

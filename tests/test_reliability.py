@@ -233,6 +233,10 @@ def trained_workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     last = (workdir / "checkpoints/regression/version_0/last.ckpt").read_bytes()
     (workdir / "truncated.ckpt").write_bytes(last[: len(last) // 2])
     (workdir / "binary.yaml").write_bytes(bytes(range(128, 256)))
+    laughs = ["a0: &a0 [1, 1, 1, 1, 1, 1, 1, 1, 1, 1]"]  # each level names the one below ten times: 10**9 values
+    laughs += [f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 10)}]" for i in range(1, 10)]
+    (workdir / "laughs.yaml").write_text("\n".join(laughs) + "\n")
+    (workdir / "huge.yaml").write_text("# " + "x" * 1_200_000 + "\n")
     (workdir / "checkpoints" / "loop").symlink_to("loop")  # a run folder that is a symlink to itself
     write_idx_dataset(workdir / "damaged_mnist", num_train=60, num_test=20)
     (workdir / "damaged_mnist/MNIST/raw/train-images-idx3-ubyte").write_bytes(b"\x00\x00\x08\x03 truncated")
@@ -272,6 +276,10 @@ BAD_INPUTS = {
     "label smoothing 1": (["fit", "mlp", "--model.init_args.label_smoothing", "1"], "label_smoothing must be in [0, 1)"),
     "last.ckpt as a link": (["fit", "classifier", "--checkpoint.save_last", "link"], "last.ckpt, the latest epoch, is written every epoch by last_checkpoint"),
     "noise < 0": (["fit", "regression", "--data.init_args.noise", "-1"], "noise must be >= 0"),
+    "val_check_interval 0": (["fit", "regression", "--trainer.val_check_interval", "0"], "trainer.val_check_interval must be more than 0"),
+    "limit_train_batches 0": (["fit", "regression", "--trainer.limit_train_batches", "0"], "trainer.limit_train_batches must be more than 0"),
+    "a YAML billion laughs": (["fit", "--config", "laughs.yaml"], "laughs.yaml expands to more than 100,000 values"),
+    "a config over 1 MB": (["fit", "--config", "huge.yaml"], "huge.yaml is 1,200,"),
     "missing config file": (["fit", "--config", "nope.yaml"], "nope.yaml"),
     "missing ckpt_path": (["test", "regression", "--ckpt_path", "checkpoints/regression/gone.ckpt"], "no such checkpoint file"),
     "truncated ckpt_path": (["test", "regression", "--ckpt_path", "truncated.ckpt"], "not a readable PyTorch checkpoint"),
@@ -422,7 +430,7 @@ def test_damaged_learning_curves_are_one_error_line(trained_workdir: Path, monke
     monkeypatch.chdir(trained_workdir)
     before = _snapshot(trained_workdir)
     assert pictures_main(["bad_history.ckpt", "--output", "compare.png"]) == 2
-    assert capsys.readouterr().err == "error: bad_history.ckpt: its learning curves are damaged (not a list of per-epoch numbers)\n"
+    assert capsys.readouterr().err == "error: bad_history.ckpt: LessonPictures: its learning curves are damaged (not a list of per-epoch numbers)\n"
     assert _snapshot(trained_workdir) == before
 
 
@@ -461,3 +469,38 @@ def test_ddp_on_two_cpu_processes_trains_and_tests_like_one_process(tmp_path: Pa
         return next(line.split()[-1] for line in output.splitlines() if "test/acc" in line)
 
     assert logged_accuracy(ddp_test.stdout) == logged_accuracy(single_test.stdout)
+
+
+def test_a_failed_save_names_the_file_asked_for_not_its_temporary_file(tmp_path: Path, monkeypatch, capsys) -> None:
+    """A full disk (a write names no file) and a read-only folder (the temporary file is created first) are both
+    reported as the output the user asked for; nothing is left behind."""
+    import errno
+
+    from gpu_lessons.atomic_files import write_atomically
+    from gpu_lessons.errors import exit_code
+
+    target = tmp_path / "last.ckpt"
+
+    def disk_full(file) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    with pytest.raises(OSError) as full:
+        write_atomically(target, disk_full)
+    real_open = os.open
+
+    def read_only(path, *args, **kwargs):
+        if str(path).endswith(".tmp"):
+            raise PermissionError(errno.EACCES, "Permission denied", str(path))
+        return real_open(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "open", read_only)
+    with pytest.raises(PermissionError) as denied:
+        write_atomically(target, lambda file: file.write(b"x"))
+    monkeypatch.undo()
+    assert full.value.filename == denied.value.filename == str(target)
+    assert exit_code(full.value) == 1 and exit_code(denied.value) == 1
+    assert capsys.readouterr().err.splitlines() == [
+        f"error: cannot write or read {target}: No space left on device",
+        f"error: cannot write or read {target}: Permission denied",
+    ]
+    assert list(tmp_path.iterdir()) == []

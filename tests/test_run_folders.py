@@ -132,3 +132,22 @@ def test_fits_started_together_each_get_their_own_version(workdir: Path) -> None
     for n in range(3):
         assert (workdir / f"checkpoints/step_lr/version_{n}/last.ckpt").is_file()
         assert len(list((workdir / f"lightning_logs/step_lr/version_{n}").glob("events.out.tfevents.*"))) == 1
+
+
+def test_sigterm_during_start_up_exits_143_with_its_line_and_leaves_no_folders(workdir: Path) -> None:
+    """Before any stage runs (the callbacks are being built), SIGTERM is no silent death by signal 15."""
+    import signal
+
+    process = subprocess.Popen(
+        [sys.executable, "-m", "gpu_lessons", "fit", "--config", str(REPO / "configs/step_lr.yaml"),
+         "--trainer.callbacks+=tests.helpers.SlowToBuild", "--trainer.callbacks.seconds", "60"],
+        cwd=workdir, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
+    assert process.stderr is not None
+    for line in process.stderr:
+        if line == "building slowly\n":
+            break
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(timeout=60) == 143
+    assert "stopped by SIGTERM" in process.stderr.read()
+    assert sorted(p.name for p in workdir.iterdir()) == []

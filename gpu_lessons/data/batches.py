@@ -14,13 +14,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator, Sized
-from typing import Optional, Union
+from typing import Any, Optional, Union
 
 import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, DistributedSampler
 
-from gpu_lessons.errors import UserError
+from gpu_lessons.errors import CheckpointError, UserError, preview
 
 
 class EpochPermutation(DistributedSampler):
@@ -125,6 +125,7 @@ class EpochPermutation(DistributedSampler):
 
         Mid-epoch, the position is a number of batches of the size the run had: with another ``batch_size`` it would
         skip or repeat samples, so that is refused (at an epoch's end any batch size resumes exactly)."""
+        check_position(state)
         self.set_epoch(state["epoch"])
         saved_size, saved_passes = state.get("batch_size", self.batch_size), state.get("passes", 1)
         batches_then = max(saved_passes * self._batches_per_pass(saved_size), 1)  # the epoch's length in the saved run
@@ -140,6 +141,22 @@ class EpochPermutation(DistributedSampler):
                 f"it with steps_per_epoch {saved_passes} (not {self.passes}), or from a checkpoint taken at an epoch's end"
             )
         self._resume_at = resume_at
+
+
+POSITION_KEYS = {"epoch": 0, "batches_trained": 0, "batch_size": 1, "passes": 1}  # each one's least value
+
+
+def check_position(state: Any, source: object = "the checkpoint") -> None:
+    """A checkpoint's position in the epoch, as :meth:`EpochPermutation.state_dict` writes it, or a
+    :class:`CheckpointError`: counts for ``epoch`` and ``batches_trained``, a positive ``batch_size`` (or none: the
+    full batch) and ``passes``, nothing else."""
+    if not isinstance(state, dict) or not {"epoch", "batches_trained"} <= set(state) <= set(POSITION_KEYS):
+        raise CheckpointError(f"{source}: its position in the epoch is damaged: {preview(state)}")
+    for key, value in state.items():
+        if value is None and key == "batch_size":
+            continue
+        if isinstance(value, bool) or not isinstance(value, int) or not POSITION_KEYS[key] <= value <= 2**53:
+            raise CheckpointError(f"{source}: its position in the epoch is damaged: its {key} is {preview(value)}")
 
 
 class ResumableDataLoader(DataLoader):

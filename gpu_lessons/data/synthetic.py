@@ -8,6 +8,7 @@ import torch
 from torch import Tensor
 
 from gpu_lessons.data.tensor_datamodule import Split, TensorDataModule
+from gpu_lessons.errors import preview
 
 
 def _column(values: list[float]) -> Tensor:
@@ -43,6 +44,7 @@ class LineDataModule(TensorDataModule):
         super().__init__(**kwargs)
         if not train_x or not eval_x or predict_x == []:
             raise ValueError("train_x, eval_x and predict_x need at least one value each")
+        self.check_size(len(train_x) + len(eval_x) + len(predict_x or ()), "train_x, eval_x and predict_x")
         if noise < 0:
             raise ValueError(f"noise must be >= 0, got {noise}")
         self.save_hyperparameters()
@@ -81,7 +83,7 @@ class CurveDataModule(TensorDataModule):
         super().__init__(**kwargs)
         if num_points < 2 or not x_min < x_max:
             raise ValueError(f"need num_points >= 2 and x_min < x_max, got {num_points}, {x_min}, {x_max}")
-        self.check_size(2 * num_points, "num_points")
+        self.check_size(2 * num_points + len(predict_x or ()), "num_points and predict_x")
         if predict_x == []:
             raise ValueError("predict_x needs at least one value")
         self.save_hyperparameters()
@@ -128,7 +130,7 @@ class BlobsDataModule(TensorDataModule):
             raise ValueError("samples_per_class and eval_samples_per_class must be >= 1")
         self.check_size(2 * (samples_per_class + 2 * eval_samples_per_class) * 3, "samples_per_class and eval_samples_per_class")
         if not predict_points or any(len(point) != 2 for point in predict_points):
-            raise ValueError(f"predict_points must be [x, y] pairs, got {predict_points}")
+            raise ValueError(f"predict_points must be [x, y] pairs, got {preview(predict_points)}")
         self.save_hyperparameters()
 
     def _draw(self, seed: int, per_class: int) -> Split:
