@@ -138,20 +138,27 @@ DAMAGED_STATES: dict[str, tuple[Callable[[dict[str, Any]], dict[str, Any]], str]
 }
 
 
-@pytest.mark.parametrize("case", list(DAMAGED_STATES), ids=list(DAMAGED_STATES))
-def test_a_damaged_callback_state_is_one_error_line(case: str, trained: dict[str, Any], tmp_path: Path, monkeypatch, capsys) -> None:
-    change, expected = DAMAGED_STATES[case]
-    torch.save(change(trained), tmp_path / "damaged.ckpt")
-    with pytest.raises(CheckpointError, match=expected):
-        load_checkpoint(tmp_path / "damaged.ckpt")
-    monkeypatch.chdir(tmp_path)
+
+def _assert_resume_is_one_error_line(expected: str, workdir: Path, monkeypatch, capsys) -> None:
+    """``fit --ckpt_path damaged.ckpt`` in ``workdir``: exit 2, one short ``error:`` line saying ``expected``, and no
+    run folders left behind."""
+    monkeypatch.chdir(workdir)
     with pytest.raises(SystemExit) as exit_info:
         run("fit", "regression", "--ckpt_path", "damaged.ckpt", "--trainer.max_epochs", "3")
     err = capsys.readouterr().err
     assert exit_info.value.code == 2 and "Traceback" not in err
     errors = [line for line in err.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and expected in errors[0] and len(errors[0]) < 400, err
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["damaged.ckpt"]  # no run folders left behind
+    assert sorted(p.name for p in workdir.iterdir()) == ["damaged.ckpt"]
+
+
+@pytest.mark.parametrize("case", list(DAMAGED_STATES), ids=list(DAMAGED_STATES))
+def test_a_damaged_callback_state_is_one_error_line(case: str, trained: dict[str, Any], tmp_path: Path, monkeypatch, capsys) -> None:
+    change, expected = DAMAGED_STATES[case]
+    torch.save(change(trained), tmp_path / "damaged.ckpt")
+    with pytest.raises(CheckpointError, match=expected):
+        load_checkpoint(tmp_path / "damaged.ckpt")
+    _assert_resume_is_one_error_line(expected, tmp_path, monkeypatch, capsys)
 
 
 def _nested(depth: int) -> list:
@@ -292,11 +299,17 @@ def test_a_checkpoint_fit_cannot_resume_from_is_one_error_line_and_leaves_no_fol
 ) -> None:
     change, expected = UNRESUMABLE[case]
     torch.save(_edit(trained, change), tmp_path / "damaged.ckpt")
+    _assert_resume_is_one_error_line(expected, tmp_path, monkeypatch, capsys)
+
+
+def test_a_resume_into_a_new_version_folder_shows_no_dirpath_warning(trained: dict[str, Any], tmp_path: Path, monkeypatch) -> None:
+    """Lightning warns "The dirpath has changed ... won't be reloaded" on every such resume; here nothing of another
+    folder is restored, quietly."""
+    import warnings
+
     monkeypatch.chdir(tmp_path)
-    with pytest.raises(SystemExit) as exit_info:
-        run("fit", "regression", "--ckpt_path", "damaged.ckpt", "--trainer.max_epochs", "3")
-    err = capsys.readouterr().err
-    assert exit_info.value.code == 2 and "Traceback" not in err
-    errors = [line for line in err.splitlines() if line.startswith("error:")]
-    assert len(errors) == 1 and expected in errors[0] and len(errors[0]) < 400, err
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["damaged.ckpt"]
+    torch.save(trained, tmp_path / "downloaded.ckpt")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        run("fit", "regression", "--ckpt_path", "downloaded.ckpt", "--trainer.max_epochs", "3")
+    assert not [w for w in caught if "dirpath has changed" in str(w.message)]
