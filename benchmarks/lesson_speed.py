@@ -158,7 +158,8 @@ import json, os, sys, time
 sys.argv = sys.argv[:1]
 import lightning as L
 from gpu_lessons.callbacks import NVML_CHECK_VARIABLE
-from gpu_lessons.cli import LessonCLI, _quiet_lightning
+from gpu_lessons.cli import LessonCLI
+from gpu_lessons.progress import quiet_lightning
 
 class FitTimer(L.Callback):
     def on_train_start(self, trainer, pl_module):
@@ -175,7 +176,7 @@ class Bare(L.LightningModule):
     def configure_optimizers(self):
         return self.lesson.optimizer_factory(self.parameters())
 
-_quiet_lightning()
+quiet_lightning()
 args = ["--config", {lesson!r}, "--trainer.accelerator", {accelerator!r}, "--trainer.enable_progress_bar", "false",
         "--pictures.enabled", "false"]
 cli = LessonCLI(args=args, run=False)

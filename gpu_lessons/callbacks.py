@@ -21,7 +21,7 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 from torch import Tensor
 
 from gpu_lessons.errors import CheckpointError, NonFiniteLossError
-from gpu_lessons.safe_checkpoints import checked_random_states
+from gpu_lessons.checkpoint_states import checked_random_states
 
 # Set by ``import lightning``: torch's CUDA check then asks NVML instead of the CUDA runtime.
 NVML_CHECK_VARIABLE = "PYTORCH_NVML_BASED_CUDA_CHECK"

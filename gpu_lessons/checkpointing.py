@@ -16,7 +16,8 @@ from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from gpu_lessons.atomic_files import PathLike, write_atomically
-from gpu_lessons.safe_checkpoints import checked_model_checkpoint_state, load_checkpoint
+from gpu_lessons.checkpoint_states import checked_model_checkpoint_state
+from gpu_lessons.safe_checkpoints import load_checkpoint
 
 
 class ConfinedCheckpoint(ModelCheckpoint):

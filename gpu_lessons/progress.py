@@ -6,9 +6,14 @@ job's output file or ``> run.log`` every redraw stays, and a 2000-epoch lesson w
 
 from __future__ import annotations
 
+import logging
+import os
+import re
 import sys
+import warnings
 from time import monotonic
-from typing import Any
+from pathlib import Path
+from typing import Any, Optional
 
 from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.callbacks import ProgressBar
@@ -78,3 +83,57 @@ def _number(value: Any) -> str:
 def output_is_a_terminal() -> bool:
     """Whether progress bars can redraw in place (where Lightning's tqdm bars write: standard output)."""
     return sys.stdout.isatty()
+
+
+class _LightningAdvertising(logging.Filter):
+    """Drops Lightning's tips about its cloud products (litlogger, litmodels) and the model summary's "0 Total
+    Flops" line (FLOPs are only counted with a meta-device trace, which these runs never do); real messages pass."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if message.startswith("💡 Tip"):
+            return False
+        if "Total Flops" in message:
+            record.msg, record.args = re.sub(r"\n\s*0\s+Total Flops", "", message), ()
+        return True
+
+
+def quiet_lightning() -> None:
+    for name in ("lightning.pytorch.utilities.rank_zero", "lightning.pytorch.callbacks.model_summary"):
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _LightningAdvertising) for f in logger.filters):
+            logger.addFilter(_LightningAdvertising())
+    # Lightning 2.6's own call into torch's pytree API; nothing a user of these lessons can act on.
+    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)` is deprecated")
+    # The lessons log once per epoch, so an epoch of fewer batches than log_every_n_steps (a small folder of your own
+    # pictures) loses nothing.
+    warnings.filterwarnings("ignore", message=r"The number of training batches \(\d+\) is smaller than the logging interval")
+    # The lessons' data sits on the device already: worker processes would only copy it back and forth.
+    warnings.filterwarnings("ignore", message=r"The '\w+_dataloader' does not have many workers")
+
+
+def print_fit_summary(trainer: Trainer, best: Any, latest: Any, pictures: Optional[Path]) -> None:
+    """After a fit, on rank zero: the last epoch's metrics, the best validation metric, and where the run's
+    checkpoints (``best`` and ``latest``, its two ``ModelCheckpoint``s) and pictures are."""
+    if not trainer.is_global_zero:
+        return
+    metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith(("train/", "val/"))}
+    best_so_far = {k: v for k, v in metrics.items() if k.endswith("_best")}
+    last_epoch = ", ".join(f"{k} {v:.4g}" for k, v in sorted(metrics.items()) if k not in best_so_far)
+    if last_epoch:
+        print(f"after {trainer.current_epoch} epochs: {last_epoch}")
+    for key, value in best_so_far.items():
+        print(f"best {key.removesuffix('_best')} of the run: {value:.4g}")
+    if pictures is not None and pictures.is_dir():
+        print(f"pictures: {shown(str(pictures))}/")
+    if latest.best_model_path:  # with no monitor, its "best" is the latest save
+        print(f"last checkpoint (the latest epoch): {shown(latest.best_model_path)}")
+    if best.best_model_path and best.best_model_score is not None:
+        score = f"{best.monitor} {float(best.best_model_score):.4g}"
+        print(f"best checkpoint ({score}): {shown(best.best_model_path)}")
+
+
+def shown(path: str) -> str:
+    """``path`` relative to the current folder when it is inside it: what to type in the next command."""
+    relative = os.path.relpath(path)
+    return path if relative.startswith("..") else relative

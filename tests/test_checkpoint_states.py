@@ -19,7 +19,8 @@ import pytest
 import torch
 
 from gpu_lessons.errors import CheckpointError
-from gpu_lessons.safe_checkpoints import MAX_DEPTH, MAX_HISTORY, load_checkpoint
+from gpu_lessons.checkpoint_states import MAX_HISTORY
+from gpu_lessons.safe_checkpoints import MAX_DEPTH, load_checkpoint
 
 from .helpers import run
 

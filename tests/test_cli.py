@@ -17,6 +17,7 @@ from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, ProgressBar
 
 from gpu_lessons import cli as cli_module
+from gpu_lessons import cuda
 from gpu_lessons.callbacks import CudaRuntimeCheckOnCpu, FiniteLossGuard, RandomStates
 from gpu_lessons.checkpointing import AtomicCheckpointIO, CheckpointOnSigterm, ConfinedCheckpoint, LessonCheckpoint
 from gpu_lessons.safe_checkpoints import load_checkpoint
@@ -246,11 +247,11 @@ def test_strict_accelerator_turns_the_fallback_into_a_clear_error(
 def test_the_fallback_reason_tells_cpu_only_builds_from_missing_drivers(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     monkeypatch.setattr(torch.version, "cuda", None)
-    assert "no CUDA support" in cli_module.cuda_unavailable_reason()
+    assert "no CUDA support" in cuda.cuda_unavailable_reason()
     monkeypatch.setattr(torch.version, "cuda", "12.4")
-    assert "sees no GPU" in cli_module.cuda_unavailable_reason()
+    assert "sees no GPU" in cuda.cuda_unavailable_reason()
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    assert cli_module.cuda_unavailable_reason() is None
+    assert cuda.cuda_unavailable_reason() is None
 
 
 def test_missing_checkpoint_is_reported_before_anything_is_built(workdir: Path, capsys: pytest.CaptureFixture) -> None:

@@ -108,20 +108,20 @@ def test_a_fit_whose_output_is_not_a_terminal_prints_lines_not_bar_redraws(tmp_p
 
 @pytest.mark.parametrize("terminal, bar", [(True, "TQDMProgressBar"), (False, "EpochLines")])
 def test_the_progress_bar_redraws_only_in_a_terminal(terminal: bool, bar: str, tmp_path, monkeypatch) -> None:
-    from gpu_lessons import cli
+    from gpu_lessons import cli, cli_config
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(sys, "argv", ["gpu_lessons"])
-    monkeypatch.setattr(cli, "output_is_a_terminal", lambda: terminal)
+    monkeypatch.setattr(cli_config, "output_is_a_terminal", lambda: terminal)
     built = cli.LessonCLI(args=["--config", "regression"], run=False)
     assert type(built.trainer.progress_bar_callback).__name__ == bar
 
 
 def test_epoch_lines_print_at_most_one_line_per_interval(tmp_path, monkeypatch, capsys) -> None:
-    from gpu_lessons import cli
+    from gpu_lessons import cli_config
 
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(cli, "output_is_a_terminal", lambda: False)
+    monkeypatch.setattr(cli_config, "output_is_a_terminal", lambda: False)
     clock = iter(range(0, 1000, 1))  # each reading of the clock one second later: every other epoch is due
     monkeypatch.setattr(progress, "monotonic", lambda: next(clock))
     run("fit", "step_lr", "--pictures.enabled", "false", "--trainer.enable_progress_bar", "true")

@@ -81,7 +81,7 @@ def test_predict_writes_no_log_folder(tmp_path: Path, monkeypatch, capsys) -> No
 
 
 def test_fashion_pictures_name_the_classes_and_mnist_ones_number_them() -> None:
-    from gpu_lessons.pictures import confusion_matrix_figure, misclassified_figure
+    from gpu_lessons.figures import confusion_matrix_figure, misclassified_figure
 
     names = ["T-shirt/top", "Trouser", "Pullover"]
     preds, targets = torch.tensor([0, 2, 1]), torch.tensor([0, 1, 1])

@@ -15,12 +15,8 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from gpu_lessons.cli import LessonCLI
 from gpu_lessons.data import BlobsDataModule
 from gpu_lessons.models import BlobClassifierLesson
-from gpu_lessons.pictures import (
-    LessonPictures,
-    confusion_matrix_figure,
-    learning_curves_figure,
-    misclassified_figure,
-)
+from gpu_lessons.figures import confusion_matrix_figure, learning_curves_figure, misclassified_figure
+from gpu_lessons.pictures import LessonPictures
 
 from .helpers import run
 

@@ -101,14 +101,14 @@ def test_a_checkpoint_of_the_old_format_resumes_with_a_last_ckpt_that_is_the_lat
 def test_a_version_another_run_claimed_at_the_same_moment_is_left_to_it(workdir: Path, monkeypatch) -> None:
     """Between finding the next free N and creating its folders, another run may take N: this one takes N + 1 (the
     claim is the mkdir, which fails where the folder exists) and never writes into the other's folders."""
-    from gpu_lessons import cli as cli_module
+    from gpu_lessons import run_folders
 
     def another_run_starts_at_the_same_moment(*roots):
         (workdir / "lightning_logs/step_lr/version_0").mkdir(parents=True)
         (workdir / "lightning_logs/step_lr/version_0/events.other").write_text("the other run's")
         return 0
 
-    monkeypatch.setattr(cli_module, "_next_version", another_run_starts_at_the_same_moment)
+    monkeypatch.setattr(run_folders, "next_version", another_run_starts_at_the_same_moment)
     cli = run("fit", "step_lr", "--trainer.max_epochs", "1")
     assert Path(cli.trainer.checkpoint_callback.dirpath).name == "version_1"
     assert Path(cli.trainer.logger.log_dir).name == "version_1"

@@ -1,0 +1,131 @@
+"""What the CLI adds to Lightning's config: its own options (``--run_name``, ``--init_weights``, ...), and every
+callback and plugin it adds to the trainer as a config key with a visible default (``null`` switches one off)."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, ProgressBar
+from lightning.pytorch.cli import LightningArgumentParser
+
+from gpu_lessons.callbacks import CudaRuntimeCheckOnCpu, FiniteLossGuard, RandomStates
+from gpu_lessons.checkpointing import CheckpointOnSigterm, ConfinedCheckpoint, LessonCheckpoint
+from gpu_lessons.pictures import LessonPictures
+from gpu_lessons.predictions import PredictionPrinter
+from gpu_lessons.progress import output_is_a_terminal
+
+# The callbacks the CLI adds beside checkpoint, last_checkpoint and pictures: a top-level key each, with the class
+# it may be, its default (set in add_arguments_to_parser, so --print_config and config.yaml show it) and its help;
+# null switches one off. The progress bar's default depends on the output: set beside them.
+CALLBACKS = {
+    "sigterm_checkpoint": (
+        CheckpointOnSigterm,
+        {"class_path": "gpu_lessons.checkpointing.CheckpointOnSigterm"},
+        "fit: on SIGTERM, save last.ckpt at the exact step, then exit 143.",
+    ),
+    "finite_loss_guard": (
+        FiniteLossGuard,
+        {"class_path": "gpu_lessons.callbacks.FiniteLossGuard"},
+        "fit: stop at the first NaN or infinite training loss, naming its step.",
+    ),
+    "random_states": (
+        RandomStates,
+        {"class_path": "gpu_lessons.callbacks.RandomStates"},
+        "Keep the random-number states in checkpoints, so that a resume is exact.",
+    ),
+    "cpu_cuda_check": (
+        CudaRuntimeCheckOnCpu,
+        {"class_path": "gpu_lessons.callbacks.CudaRuntimeCheckOnCpu"},
+        "CPU runs: torch's GPU check (Adam makes it every step) asks the CUDA runtime once, not NVML every time.",
+    ),
+    "lr_monitor": (
+        LearningRateMonitor,
+        {"class_path": "lightning.pytorch.callbacks.LearningRateMonitor", "init_args": {"logging_interval": "epoch"}},
+        "Log the learning rate (left out where trainer.logger is false).",
+    ),
+    "progress_bar": (
+        ProgressBar,
+        None,
+        "A bar redrawn every 10 steps in a terminal, otherwise a line per epoch (left out where "
+        "trainer.enable_progress_bar is false).",
+    ),
+    "predictions": (  # after the bar, so that the bar has closed its line before the predictions are printed
+        PredictionPrinter,
+        {"class_path": "gpu_lessons.predictions.PredictionPrinter"},
+        "predict: print the predictions (and write --output).",
+    ),
+}
+
+
+def add_lesson_arguments(parser: LightningArgumentParser) -> None:
+    """Add the CLI's own options and its callbacks, each a config key with its default (so ``--print_config`` and a
+    run's ``config.yaml`` show them)."""
+    parser.add_argument(
+        "--run_name",
+        type=Optional[str],
+        default=None,
+        help="Names the run's folders: each fit writes checkpoints/<run_name>/version_N/ and "
+        "lightning_logs/<run_name>/version_N/ (the next N). Default: the first config file's name (cnn for "
+        "configs/cnn.yaml).",
+    )
+    parser.add_argument(
+        "--strict_accelerator",
+        type=bool,
+        default=False,
+        help="With accelerator gpu/cuda on a machine where CUDA is not usable: fail instead of falling back "
+        "to the CPU.",
+    )
+    parser.add_argument(
+        "--init_weights",
+        type=Optional[str],
+        default=None,
+        help="fit only: start from this checkpoint's weights (or last/best of the run), with a new optimizer, "
+        "schedule and epoch count: fine-tuning, e.g. the MNIST CNN on your own pictures. --ckpt_path instead "
+        "resumes that run where it stopped.",
+    )
+    parser.add_argument(
+        "--output",
+        type=Optional[str],
+        default=None,
+        help="predict only: also write the predictions to this CSV file (an existing file is never overwritten).",
+    )
+    # Everything the CLI adds to the trainer is a default here, shown by --print_config and kept in config.yaml.
+    # checkpoint (the best on val/loss), last_checkpoint (last.ckpt, every epoch) and pictures are always built:
+    # save_top_k 0 or enabled false switch them off. The others may be null, or another class.
+    parser.add_lightning_class_args(LessonCheckpoint, "checkpoint")
+    parser.add_lightning_class_args(ConfinedCheckpoint, "last_checkpoint")
+    parser.add_lightning_class_args(LessonPictures, "pictures")
+    for key, (base, _, help_text) in CALLBACKS.items():
+        parser.add_subclass_arguments(base, key, required=False, help=f"{help_text} null: none.")
+    # Redrawing a bar every step costs ~0.7 ms of Python, as much as a small model's step on a GPU; where output
+    # is not a terminal, every redraw would stay in the log: a line per epoch instead.
+    if output_is_a_terminal():
+        progress_bar = {
+            "class_path": "lightning.pytorch.callbacks.TQDMProgressBar",
+            "init_args": {"refresh_rate": 10},
+        }
+    else:
+        progress_bar = {"class_path": "gpu_lessons.progress.EpochLines"}
+    parser.set_defaults(
+        {
+            "checkpoint.monitor": "val/loss",
+            "checkpoint.mode": "min",
+            "checkpoint.filename": "epoch{epoch:03d}-val_loss{val/loss:.4f}",
+            "checkpoint.auto_insert_metric_name": False,
+            # the latest state, overwritten at every training epoch's end (Lightning 2.6's save_last=True
+            # writes last.ckpt only beside a new best, so it would fall behind once val/loss gets worse)
+            "last_checkpoint.filename": ModelCheckpoint.CHECKPOINT_NAME_LAST,
+            "last_checkpoint.monitor": None,
+            "last_checkpoint.save_top_k": 1,
+            "last_checkpoint.save_on_train_epoch_end": True,
+            "last_checkpoint.enable_version_counter": False,
+            **{key: default for key, (_, default, _) in CALLBACKS.items()},
+            "progress_bar": progress_bar,
+            "trainer.logger": {
+                "class_path": "lightning.pytorch.loggers.TensorBoardLogger",
+                "init_args": {"save_dir": "lightning_logs"},
+            },
+            # atomic saves, weights-only loads (a list: --trainer.plugins+=... adds to it)
+            "trainer.plugins": [{"class_path": "gpu_lessons.checkpointing.AtomicCheckpointIO"}],
+        }
+    )

@@ -1,0 +1,248 @@
+"""Where a run's files go: every ``fit`` writes ``checkpoints/<run>/version_N/`` beside
+``lightning_logs/<run>/version_N/``, N claimed with ``mkdir``, so each run's ``last.ckpt`` and logs are its own; a run
+that fails before its first checkpoint leaves no folders; ``--ckpt_path last``/``best`` name the newest run's files."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+from jsonargparse import Namespace
+from lightning.pytorch import Trainer
+from lightning.pytorch.cli import SaveConfigCallback
+
+from gpu_lessons.errors import CheckpointError, UserError, preview
+from gpu_lessons.safe_checkpoints import load_checkpoint
+
+RUN_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
+VERSION = re.compile(r"version_(\d+)")
+
+
+class RunFolders:
+    """The folders of one command's run: placed in its config before anything is built (:meth:`place`), and removed
+    again if it fails before its first checkpoint (:meth:`remove_if_nothing_saved`).
+
+    ``set_keys`` are the config keys placed here (the checkpoint folder, the logger's version): the run's
+    ``config.yaml`` saves them unset, so that ``fit --config .../config.yaml`` runs again, into the next folders.
+    """
+
+    def __init__(self) -> None:
+        self.set_keys: list[str] = []
+        self._new: list[Path] = []  # the run's folders that did not exist before it
+        self._new_parents: list[Path] = []  # folders above claimed version folders that did not exist before it
+
+    def place(self, config: Namespace, subcommand: Optional[str]) -> None:
+        """Set ``checkpoint.dirpath`` and ``last_checkpoint.dirpath`` (and the logger's version, for fit): a fit's
+        folders of its own; for the other subcommands, the folder of the checkpoint they read."""
+        if subcommand == "fit":
+            self._place_fit(config)
+        elif config.checkpoint.dirpath is None:  # only fit writes checkpoints; this names the folder of the one read
+            ckpt_path = config.get("ckpt_path")
+            config.checkpoint.dirpath = str(Path(ckpt_path).parent) if ckpt_path else os.path.join("checkpoints", config.run_name)
+            self.set_keys.append("checkpoint.dirpath")
+        if config.last_checkpoint.dirpath is None:
+            config.last_checkpoint.dirpath = config.checkpoint.dirpath
+            self.set_keys.append("last_checkpoint.dirpath")
+        elif os.path.abspath(config.last_checkpoint.dirpath) != os.path.abspath(config.checkpoint.dirpath):
+            # one folder per run is what keeps runs apart, SIGTERM saves beside them and --ckpt_path last finds them
+            raise UserError(
+                "last_checkpoint.dirpath must be the run's checkpoint folder; choose the folder with --checkpoint.dirpath"
+            )
+
+    def _place_fit(self, config: Namespace) -> None:
+        """Every fit writes into folders of its own: ``checkpoints/<run>/version_N/`` beside
+        ``lightning_logs/<run>/version_N/``, N one past the highest in either, so its ``last.ckpt`` is its own (a
+        resume is a new fit, and gets the next N). A folder that already holds checkpoints is only written to by a
+        resume from one of them (``--checkpoint.dirpath`` or a fixed logger version)."""
+        logger = config.trainer.logger
+        logger_args = logger.init_args if isinstance(logger, Namespace) and "version" in logger.init_args else None
+        if config.checkpoint.dirpath is None:
+            run_root = Path("checkpoints", config.run_name)
+            version = None if logger_args is None else logger_args.version
+            if version is None:
+                log_root = None if logger_args is None else Path(logger_args.save_dir, logger_args.get("name") or "")
+                ensure_writable(run_root, "checkpoints")
+                version = self._claim_version(run_root, log_root)
+                if logger_args is not None:
+                    logger_args.version = version
+                    self.set_keys.append("trainer.logger.init_args.version")
+            config.checkpoint.dirpath = str(run_root / version_folder(version))
+            self.set_keys.append("checkpoint.dirpath")
+        folder = Path(config.checkpoint.dirpath)
+        ensure_writable(folder, "checkpoints")
+        existing = sorted(p.name for p in folder.glob("*.ckpt")) if folder.is_dir() else []
+        resumes_here = config.ckpt_path is not None and Path(config.ckpt_path).resolve().parent == folder.resolve()
+        if existing and not resumes_here:
+            raise UserError(
+                f"{folder} already holds another run's checkpoints ({', '.join(existing[:3])}); a run never writes "
+                "over them: leave out --checkpoint.dirpath (each fit gets checkpoints/<run>/version_N/), choose "
+                "another folder, or resume with --ckpt_path from that folder"
+            )
+        for new in (folder, self._log_folder(config)):
+            if new is not None:
+                self._note_new(new)
+
+    def _note_new(self, folder: Path) -> None:
+        """Remember the topmost folder this run will create for ``folder`` (``checkpoints/<run>`` on its first run),
+        to remove if it fails before saving anything."""
+        while not folder.parent.exists() and folder.parent != folder.parent.parent:
+            folder = folder.parent
+        if not folder.exists() and folder not in self._new:
+            self._new.append(folder)
+
+    def _claim_version(self, *roots: Optional[Path]) -> int:
+        """The next N whose ``version_N`` is free under every root, claimed by creating those folders: ``mkdir``
+        fails where a run started at the same moment took N first, and this run then tries N + 1."""
+        version = next_version(*roots)
+        while True:
+            made: list[Path] = []
+            try:
+                for root in filter(None, roots):
+                    claimed = root / version_folder(version)
+                    # parents another run may share: removed on failure only while empty (rmdir, never rmtree)
+                    self._new_parents += [folder for folder in (root, *root.parents) if not folder.exists()]
+                    root.mkdir(parents=True, exist_ok=True)
+                    claimed.mkdir()
+                    made.append(claimed)
+                self._new += made
+                return version
+            except FileExistsError:
+                for claimed in made:
+                    claimed.rmdir()
+                version += 1
+
+    @staticmethod
+    def _log_folder(config: Namespace) -> Optional[Path]:
+        logger = config.trainer.logger
+        if not isinstance(logger, Namespace) or logger.init_args.get("version") is None:
+            return None
+        args = logger.init_args
+        return Path(args.save_dir, args.get("name") or "", version_folder(args.version))
+
+    def remove_if_nothing_saved(self) -> None:
+        """A run that fails before its first checkpoint leaves no empty version folders behind (a run that saved a
+        checkpoint keeps its folders and logs: they show how far it got)."""
+        if any(folder.is_dir() and any(folder.rglob("*.ckpt")) for folder in self._new):
+            return
+        for folder in self._new:
+            shutil.rmtree(folder, ignore_errors=True)
+        for folder in sorted(set(self._new_parents), key=lambda path: len(path.parts), reverse=True):
+            try:
+                folder.rmdir()
+            except OSError:  # not empty: another run's folders are in it
+                pass
+
+
+class NonOverwritingSaveConfigCallback(SaveConfigCallback):
+    """Saves the run's config beside its logs; if a ``config.yaml`` is already there, writes ``config-N.yaml``.
+
+    Args:
+        run_folders: Config keys that hold the folders the CLI picked for this run (``checkpoint.dirpath``, the
+            logger's ``version``); they are saved unset, so that ``fit --config .../config.yaml`` runs the same
+            again, into the next folders, instead of being refused by this run's checkpoints.
+    """
+
+    def __init__(self, *args: Any, run_folders: Sequence[str] = (), **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.run_folders = run_folders
+
+    def setup(self, trainer: Trainer, pl_module: Any, stage: str) -> None:
+        if stage == "predict":  # predictions are printed, not logged: no log folder, no config to keep
+            return
+        log_dir = trainer.log_dir
+        if log_dir is not None:
+            stem, n = "config", 0
+            while os.path.isfile(os.path.join(log_dir, self.config_filename)):
+                n += 1
+                self.config_filename = f"{stem}-{n}.yaml"
+        if self.run_folders:
+            self.config = self.config.clone()
+            for key in self.run_folders:
+                self.config[key] = None
+        super().setup(trainer, pl_module, stage)
+
+
+def ensure_writable(folder: Path, what: str) -> None:
+    """Fail now, not after training, if ``folder`` cannot be created or written."""
+    existing = folder
+    while not existing.exists() and existing != existing.parent:
+        if existing.is_symlink():  # exists() is False for a link that loops or points nowhere
+            raise UserError(f"cannot write {what} to {folder}: {existing} is a symbolic link that loops or points nowhere")
+        existing = existing.parent
+    if not existing.is_dir():
+        raise UserError(f"cannot write {what} to {folder}: {existing} is a file, not a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise UserError(f"cannot write {what} to {folder}: {existing} is not writable")
+
+
+def checked_run_name(name: str) -> str:
+    if not RUN_NAME.fullmatch(name) or name in (".", ".."):
+        raise UserError(
+            f"--run_name must be a plain folder name (letters, digits, '_', '.', '-'), got {preview(name)}: it names "
+            "checkpoints/<run_name>/ and lightning_logs/<run_name>/"
+        )
+    return name
+
+
+def default_run_name(config: Namespace) -> str:
+    config_files = config.get("config") or []
+    if config_files:
+        return Path(str(config_files[0])).stem
+    class_path = str(config.model.class_path)
+    return class_path.rsplit(".", 1)[-1].removesuffix("Lesson").lower() or "lesson"
+
+
+def version_folder(version: Any) -> str:
+    """The folder a logger version names, as TensorBoardLogger and CSVLogger spell it: ``version_3``, or a string."""
+    return version if isinstance(version, str) else f"version_{version}"
+
+
+def next_version(*roots: Optional[Path]) -> int:
+    """One past the highest ``version_N`` in any of ``roots`` (0 for none), so checkpoints and logs share N."""
+    numbers = [
+        int(match.group(1))
+        for root in roots
+        if root is not None and root.is_dir()
+        for entry in root.iterdir()
+        if (match := VERSION.fullmatch(entry.name))
+    ]
+    return max(numbers, default=-1) + 1
+
+
+def checkpoint_alias(alias: str, config: Namespace, flag: str = "--ckpt_path") -> Path:
+    """``--ckpt_path last`` / ``best``: the newest run's ``last.ckpt`` / best checkpoint (``checkpoints/<run>/``)."""
+    folder = Path(config.checkpoint.dirpath or os.path.join("checkpoints", config.run_name))
+    if alias not in ("last", "best"):
+        raise UserError(f"{flag} {alias} is not supported: give a checkpoint file, or last or best")
+    runs = [folder] + sorted(
+        (p for p in folder.glob("version_*") if VERSION.fullmatch(p.name)),
+        key=lambda p: int(p.name.removeprefix("version_")),
+    )
+    newest = next((run / "last.ckpt" for run in reversed(runs) if (run / "last.ckpt").is_file()), None)
+    if newest is None:
+        raise CheckpointError(
+            f"{flag} {alias}: run {config.run_name!r} has no checkpoint in {folder}/ yet; train it first "
+            "(fit with the same config) or give the checkpoint's path"
+        )
+    if alias == "last":
+        return newest
+    states = load_checkpoint(newest).get("callbacks")
+    recorded = next(  # the state of the checkpoint callback with a monitor (the other one writes last.ckpt)
+        (
+            state.get("best_model_path")
+            for state in (states.values() if isinstance(states, dict) else ())
+            if isinstance(state, dict) and state.get("monitor") and "best_model_path" in state
+        ),
+        None,
+    )
+    # only a checkpoint file beside last.ckpt (the folder may have moved since): a checkpoint names no other file
+    best = newest.parent / Path(recorded).name if isinstance(recorded, str) and recorded.endswith(".ckpt") else None
+    if best is not None and best.is_file() and not best.is_symlink():
+        return best
+    raise CheckpointError(
+        f"{flag} best: {newest} records no best checkpoint that still exists (a run without validation, or with "
+        "save_top_k 0, keeps only last.ckpt)"
+    )
