@@ -121,3 +121,24 @@ def test_label_smoothing_is_the_cross_entropy_with_smoothed_targets(lesson_class
 def test_bad_label_smoothing_names_the_problem(make_lesson: Any, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         make_lesson()
+
+
+def test_the_course_class_names_build_the_course_networks() -> None:
+    """``LinearNet``/``NonLinearNet`` (step 8), ``Classifier`` (step 9), ``DropoutNet`` (step 13) as the course names
+    them: the same layers (so the course's own state_dicts load), the same counts; the networks return logits."""
+    from torch import nn
+
+    from gpu_lessons.models import Classifier, DropoutNet, LinearNet, NonLinearNet
+
+    line = LinearNet()
+    assert isinstance(line.activation, nn.Identity) and num_parameters(line) == 25
+    x = torch.linspace(-3, 3, 7).unsqueeze(1)
+    outputs = line(x).squeeze(1)
+    assert torch.allclose(outputs[1:] - outputs[:-1], (outputs[1] - outputs[0]).expand(6), atol=1e-5)  # a line
+    assert isinstance(NonLinearNet().activation, nn.ReLU) and num_parameters(NonLinearNet()) == 25
+    assert Classifier is BlobClassifierNet and num_parameters(Classifier()) == 65
+    course_classifier = nn.ModuleDict({"layer1": nn.Linear(2, 16), "layer2": nn.Linear(16, 1)})
+    Classifier().load_state_dict(course_classifier.state_dict())  # the course's parameter names
+    dropout = DropoutNet()
+    assert dropout.dropout.p == 0.5 and num_parameters(dropout) == 18_049
+    assert sorted(dropout.state_dict()) == sorted(OverfitNet().state_dict())

@@ -161,8 +161,9 @@ class Lesson(LightningModule):
     def model_step(self, batch: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor, Tensor]:
         """The step shared by train/val/test: the loss, what the metric compares with the targets, and the targets."""
         inputs, targets = batch
-        outputs = self(inputs)
-        return self.criterion(outputs, targets), outputs.detach(), targets
+        outputs = self(inputs)  # 1. forward pass: prediction = model(X)
+        loss = self.criterion(outputs, targets)  # 2. loss: loss = loss_fn(prediction, y)
+        return loss, outputs.detach(), targets
 
     def on_train_start(self) -> None:
         """Forget what the sanity check put into the validation metrics."""
@@ -174,10 +175,19 @@ class Lesson(LightningModule):
         self.train_step_outputs.clear()
 
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
-        """One optimisation step. Its loss, predictions and targets are kept, on the device, for the epoch's metrics:
-        a per-step ``self.log`` or metric update costs 0.1-1 ms of Python, more than a small model's whole step."""
+        """One pass of the course's training loop (step 7)::
+
+            prediction = model(X)              # 1. forward pass  } model_step
+            loss = loss_fn(prediction, y)      # 2. loss          }
+            optimizer.zero_grad()              # 3.               } Lightning, on the loss returned here
+            loss.backward()                    # 4. backward pass }
+            optimizer.step()                   # 5. update        }
+
+        The loss, predictions and targets are kept, on the device, for the epoch's metrics: a per-step ``self.log``
+        or metric update costs 0.1-1 ms of Python, more than a small model's whole step."""
         loss, preds, targets = self.model_step(batch)
         self.train_step_outputs.append((loss.detach(), preds, targets))
+        # Lightning now runs optimizer.zero_grad(), loss.backward() and optimizer.step() (and the LR scheduler).
         return loss
 
     def on_train_epoch_end(self) -> None:

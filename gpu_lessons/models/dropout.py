@@ -33,6 +33,13 @@ class OverfitNet(nn.Module):
         return self.fc3(x)
 
 
+class DropoutNet(OverfitNet):
+    """The course's network with dropout: :class:`OverfitNet` with ``Dropout(0.5)`` after each hidden ReLU."""
+
+    def __init__(self) -> None:
+        super().__init__(dropout=0.5)
+
+
 class DropoutLesson(BinaryTask):
     """Binary classification of 10-D samples, with or without dropout, to see overfitting happen.
 

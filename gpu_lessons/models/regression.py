@@ -33,6 +33,20 @@ class SimpleNet(nn.Module):
         return self.layer2(self.activation(self.layer1(x)))
 
 
+class LinearNet(SimpleNet):
+    """The course's step 8 network without an activation: it can only learn straight lines."""
+
+    def __init__(self) -> None:
+        super().__init__("none")
+
+
+class NonLinearNet(SimpleNet):
+    """The course's step 8 network with a ReLU between its layers: it can learn curves."""
+
+    def __init__(self) -> None:
+        super().__init__("relu")
+
+
 class RegressionLesson(RegressionTask):
     """Regression with MSE on one input: the line y = 2x + 1 (steps 7, 11) or a curve (step 8).
 

@@ -66,8 +66,9 @@ class BinaryTask(Lesson):
         """The loss on the logits, and the predicted classes for the accuracy: given floats, torchmetrics would
         first check (on the host, a GPU sync) whether they are logits or probabilities."""
         inputs, targets = batch
-        logits = self(inputs).squeeze(-1)
-        return self.criterion(logits, targets.to(logits.dtype)), (logits > 0).detach(), targets
+        logits = self(inputs).squeeze(-1)  # 1. forward pass
+        loss = self.criterion(logits, targets.to(logits.dtype))  # 2. loss (the sigmoid is inside the criterion)
+        return loss, (logits > 0).detach(), targets
 
     def predictions(self, outputs: Tensor) -> Tensor:
         """P(class 1) per sample."""
