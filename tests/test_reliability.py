@@ -1,4 +1,4 @@
-"""The guarantees in the README's "Guarantees" section, each proved here (processes that must die are subprocesses)."""
+"""The guarantees in docs/guarantees.md, each proved here (processes that must die are subprocesses)."""
 
 from __future__ import annotations
 
