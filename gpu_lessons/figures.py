@@ -34,7 +34,7 @@ __all__ = [
     "render",
 ]
 
-CURVES = {"acc": "accuracy", "loss": "loss"}  # metric name in the logs -> panel title
+CURVES = {"acc": "accuracy", "loss": "loss", "lr": "learning rate"}  # metric name in the logs -> panel title
 _CLASS_COLORS = ("tab:blue", "tab:red")  # the ends of the "RdBu_r" colour map: P(class 1) = 0 and 1
 
 
@@ -107,11 +107,11 @@ def decision_boundary_figure(
 
 
 def learning_curves_figure(runs: Mapping[str, History]) -> Figure:
-    """Train and validation accuracy and loss per epoch: one row per run, so runs (say, without and with dropout)
-    can be compared on shared axes.
+    """Train and validation accuracy and loss (and the learning rate, where a lesson logs it) per epoch: one row per
+    run, so runs (say, without and with dropout) can be compared on shared axes.
 
     Each run's history is a list of per-epoch dicts with ``epoch`` and any of ``train/acc``, ``val/acc``,
-    ``train/loss``, ``val/loss`` (as :class:`LessonPictures` records them).
+    ``train/loss``, ``val/loss``, ``train/lr`` (as :class:`~gpu_lessons.pictures.LessonPictures` records them).
     """
     logged = {key for history in runs.values() for entry in history for key in entry}
     metrics = [m for m in CURVES if f"train/{m}" in logged or f"val/{m}" in logged]
@@ -127,12 +127,16 @@ def learning_curves_figure(runs: Mapping[str, History]) -> Figure:
                     continue
                 epochs, values = zip(*points)
                 last = f"{values[-1]:.1%}" if metric == "acc" else f"{values[-1]:.3g}"
+                if metric == "lr":
+                    stage, color = "used in the epoch", "tab:green"
                 ax.plot(
                     epochs, values, color=color, marker="o" if len(points) <= 30 else None, markersize=4,
                     label=f"{stage} (last: {last})",
                 )
             if metric == "acc":
                 ax.yaxis.set_major_formatter(PercentFormatter(1.0))
+            elif metric == "lr":
+                ax.set_yscale("log", base=2)  # a halving is one step down, whatever the learning rate
             elif min(losses) > 0 and max(losses) > 10 * min(losses):
                 ax.set_yscale("log")  # losses fall by orders of magnitude; a gap stays visible on a log scale
             ax.set_title(f"{run}: {CURVES[metric]}")

@@ -17,7 +17,7 @@ import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.trainer.states import TrainerFn
-from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
+from lightning.pytorch.utilities import rank_zero_warn
 from matplotlib.figure import Figure
 from torch import Tensor
 
@@ -62,8 +62,8 @@ class LessonPictures(Callback):
 
     The data comes from the batches Lightning hands to the hooks: the fit's first epoch's training batches (at most
     :attr:`MAX_POINTS` samples, each point drawn once; every later step only checks a flag), the last validation's batches, and the test batches with
-    the lesson's ``test_step`` outputs. So any DataModule works; a picture that does not fit the data is skipped
-    with a line that says why. Under DDP, rank zero draws what it saw (its shard of each split).
+    the lesson's ``test_step`` outputs. So any DataModule works; a picture that cannot apply to the data (a
+    decision boundary over 10-D points) is not drawn, and says nothing. Under DDP, rank zero draws what it saw (its shard of each split).
 
     Only rank zero draws, and a picture that fails to draw is a warning, never a failed run. Without a logger
     nothing is written; loggers other than TensorBoard get only the PNG files.
@@ -171,9 +171,7 @@ class LessonPictures(Callback):
         else:
             return
         train, val = _points(self._batches["train"]), _points(self._batches["val"])
-        if train is None or train[0].shape[1] != features:
-            seen = "no batches of 1 or 2 features" if train is None else f"inputs of {train[0].shape[1]} features"
-            rank_zero_info(f"LessonPictures: no {title.lower()}: it needs inputs of {features} feature(s), and saw {seen}")
+        if train is None or train[0].shape[1] != features:  # 4-D or 10-D points: no plane or line to draw them on
             return
         after = f"{title} after {trainer.current_epoch} epochs"
         yield name, draw(_predictor(trainer, pl_module), train, val, title=after)

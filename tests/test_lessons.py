@@ -59,11 +59,18 @@ def test_step_lr_halves_the_rate_every_two_epochs() -> None:
     assert cli.model.optimizers().param_groups[0]["lr"] == pytest.approx(0.0125)
 
 
-def test_plateau_keeps_the_rate_while_the_loss_improves() -> None:
-    cli = run("fit", "plateau")
+def test_plateau_keeps_the_rate_while_the_loss_falls_fast_and_halves_as_it_flattens(capsys) -> None:
+    cli = run(
+        "fit", "plateau", "--trainer.enable_progress_bar", "true",
+        "--progress_bar", "gpu_lessons.progress.EpochLines", "--progress_bar.init_args.interval", "0",
+    )
     losses = logged(cli, "train/loss")
-    assert losses[-1] < losses[0] / 2
-    assert logged(cli, "lr-Adam") == pytest.approx([0.1] * 20)
+    assert losses[-1] < losses[0] / 100
+    assert logged(cli, "lr-Adam") == pytest.approx([0.1] * 14 + [0.05] * 3 + [0.025] * 3)
+    # each epoch's line shows the rate it trained with, as the course prints it
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("epoch ")]
+    assert [line.rsplit("train/lr ", 1)[1] for line in lines] == ["0.1"] * 14 + ["0.05"] * 3 + ["0.025"] * 3
+    assert logged(cli, "train/lr") == logged(cli, "lr-Adam")
 
 
 def test_plateau_halves_the_rate_after_patience_epochs_without_improvement() -> None:

@@ -129,3 +129,21 @@ def test_the_export_prints_how_to_prepare_the_input(tmp_path: Path, monkeypatch,
     pixels = torch.randint(0, 256, (4, 28, 28), dtype=torch.uint8)
     with torch.no_grad():
         assert torch.allclose(net(preprocess(pixels)).softmax(-1), lesson.predict_step(preprocess(pixels), 0))
+
+
+def test_a_scheduler_lesson_shows_its_learning_rate_and_no_note_about_pictures_that_cannot_apply(tmp_path: Path) -> None:
+    """step_lr's point is the learning rate: each epoch's line shows it, and the learning curves draw it; its 4-D
+    points have no decision boundary to draw, which is not worth a line."""
+    result = subprocess.run(
+        [sys.executable, "-m", "gpu_lessons", "fit", "--config", str(CONFIGS / "step_lr.yaml"),
+         "--progress_bar.init_args.interval", "0"],
+        cwd=tmp_path, env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)},
+        capture_output=True, text=True, check=True,
+    )
+    output = result.stdout + result.stderr
+    assert "LessonPictures" not in output and "decision boundary" not in output
+    epochs = [line for line in result.stdout.splitlines() if line.startswith("epoch ")]
+    assert [line.rsplit("train/lr ", 1)[1] for line in epochs] == ["0.1", "0.1", "0.05", "0.05", "0.025", "0.025"]
+    history = load_checkpoint(tmp_path / "checkpoints/step_lr/version_0/last.ckpt")["callbacks"]["LessonPictures"]["history"]
+    assert [entry["train/lr"] for entry in history] == pytest.approx([0.1, 0.1, 0.05, 0.05, 0.025, 0.025])
+    assert (tmp_path / "lightning_logs/step_lr/version_0/pictures/learning_curves.png").is_file()

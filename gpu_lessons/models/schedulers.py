@@ -40,3 +40,14 @@ class SchedulerLesson(BinaryTask):
         monitor: str = "train/loss",
     ) -> None:
         super().__init__(SchedulerNet(), optimizer=optimizer, scheduler=scheduler, monitor=monitor)
+
+    def on_train_epoch_start(self) -> None:
+        """Note the learning rate this epoch trains with (Lightning steps an epoch's scheduler after its end)."""
+        super().on_train_epoch_start()
+        self._epoch_lr = self.trainer.optimizers[0].param_groups[0]["lr"]
+
+    def on_train_epoch_end(self) -> None:
+        """Log that learning rate, as the course prints it every epoch: it shows in each epoch's line, TensorBoard
+        and the learning curves."""
+        super().on_train_epoch_end()
+        self.log("train/lr", self._epoch_lr, prog_bar=True)
