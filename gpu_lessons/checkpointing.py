@@ -17,6 +17,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from gpu_lessons.atomic_files import PathLike, write_atomically
 from gpu_lessons.checkpoint_states import checked_model_checkpoint_state
+from gpu_lessons.progress import shown
 from gpu_lessons.safe_checkpoints import load_checkpoint
 
 
@@ -101,21 +102,33 @@ class LessonCheckpoint(ConfinedCheckpoint):
 
 class CheckpointOnSigterm(Callback):
     """When a fit gets SIGTERM (a scheduler's or container's stop), save ``last.ckpt`` beside its checkpoints (in
-    ``trainer.checkpoint_callback``'s folder) before it exits.
+    ``trainer.checkpoint_callback``'s folder) before it exits; on Ctrl-C, say which ``last.ckpt`` is kept.
 
-    Lightning stops after the current batch; the checkpoint holds that exact point (the position in the epoch
-    included), so ``fit --ckpt_path .../last.ckpt`` continues as if never stopped.
+    On SIGTERM Lightning stops after the current batch; the checkpoint holds that exact point (the position in the
+    epoch included), so ``fit --ckpt_path .../last.ckpt`` continues as if never stopped. Ctrl-C can land anywhere in
+    a step, so nothing is saved then: the ``last.ckpt`` of the latest finished epoch is what a resume starts from.
     """
 
     def on_exception(self, trainer: Trainer, pl_module: LightningModule, exception: BaseException) -> None:
-        """Save, and say where and how to resume (the exception then ends the run with exit code 143)."""
+        """Save (SIGTERM) or point at what is kept (Ctrl-C), and say how to resume (exit code 143 or 130)."""
         checkpoint = trainer.checkpoint_callback
-        if isinstance(exception, SIGTERMException) and trainer.state.fn == TrainerFn.FITTING and checkpoint is not None:
-            path = os.path.join(checkpoint.dirpath, checkpoint.CHECKPOINT_NAME_LAST + checkpoint.FILE_EXTENSION)
+        if trainer.state.fn != TrainerFn.FITTING or checkpoint is None or checkpoint.dirpath is None:
+            return
+        path = os.path.join(checkpoint.dirpath, checkpoint.CHECKPOINT_NAME_LAST + checkpoint.FILE_EXTENSION)
+        if isinstance(exception, SIGTERMException):
             trainer.save_checkpoint(path)
-            if trainer.is_global_zero:
-                shown = path if os.path.relpath(path).startswith("..") else os.path.relpath(path)
-                sys.stderr.write(f"gpu_lessons: on SIGTERM, saved {shown}; resume with `fit --ckpt_path {shown}`\n")
+            said = f"on SIGTERM, saved {shown(path)}"
+        elif isinstance(exception, KeyboardInterrupt):
+            if not os.path.isfile(path):
+                said = "on Ctrl-C: no epoch had finished, so no checkpoint was kept"
+                path = ""
+            else:
+                said = f"on Ctrl-C, kept {shown(path)} (the latest finished epoch)"
+        else:
+            return
+        if trainer.is_global_zero:
+            resume = f"; resume with `fit --ckpt_path {shown(path)}` and the same config" if path else ""
+            sys.stderr.write(f"gpu_lessons: {said}{resume}\n")
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):

@@ -32,7 +32,7 @@ from gpu_lessons.checkpointing import ConfinedCheckpoint
 from gpu_lessons.cli_config import CALLBACKS, add_lesson_arguments
 from gpu_lessons.config_checks import check_trainer_counts, say_how_the_data_differs, set_model_settings, with_config_files
 from gpu_lessons.cuda import resolve_accelerator
-from gpu_lessons.errors import UserError, exit_code, imported_class, one_line
+from gpu_lessons.errors import EXIT_CTRL_C, UserError, exit_code, imported_class, one_line
 from gpu_lessons.models.base import Lesson
 from gpu_lessons.progress import print_fit_summary, quiet_lightning
 from gpu_lessons.run_folders import NonOverwritingSaveConfigCallback, RunFolders, checked_run_name, checkpoint_alias, default_run_name
@@ -53,7 +53,7 @@ _DESCRIPTION = (
     "`--ckpt_path last`; `gpu-lessons fit --help` lists every option. The other subcommands: "
     + "; ".join(f"`{name}`: {what}" for name, (_, what) in _TOOLS.items())
     + " (`gpu-lessons NAME --help` for each). Exit codes: 0 done, 1 failed (a NaN loss, a full disk), 2 bad input, "
-    "143 stopped by SIGTERM."
+    "130 stopped by Ctrl-C, 143 stopped by SIGTERM."
 )
 _LOGGER_DEFAULT_NAME = "lightning_logs"  # TensorBoardLogger's and CSVLogger's own default for ``name``
 _LIGHTNING_CKPT_ALIASES = ("last", "best", "hpc", "registry")
@@ -250,9 +250,18 @@ def cli_main(args: Optional[list[str]] = None) -> LessonCLI:
     LessonCLI, or, for a problem the user can fix, ``SystemExit`` with its exit code after its one error line."""
     quiet_lightning()
     previous = signal.signal(signal.SIGTERM, _stop_on_sigterm) if signal.getsignal(signal.SIGTERM) == signal.SIG_DFL else None
+    pressed: list[int] = []
+
+    def ctrl_c(signum: int, frame: Any) -> None:
+        pressed.append(signum)  # Lightning turns a Ctrl-C inside a stage into its own exit(1): remember it was one
+        raise KeyboardInterrupt
+
+    sigint = signal.signal(signal.SIGINT, ctrl_c) if signal.getsignal(signal.SIGINT) is signal.default_int_handler else None
     try:
         return LessonCLI(args=args)
     except BaseException as error:
+        if isinstance(error, KeyboardInterrupt) or (type(error) is SystemExit and error.code == 1 and pressed):
+            raise SystemExit(_stopped_by_ctrl_c()) from None
         code = exit_code(error)
         if code is None:
             raise
@@ -260,6 +269,13 @@ def cli_main(args: Optional[list[str]] = None) -> LessonCLI:
     finally:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
+        if sigint is not None:
+            signal.signal(signal.SIGINT, sigint)
+
+
+def _stopped_by_ctrl_c() -> int:
+    sys.stderr.write("stopped by Ctrl-C\n")
+    return EXIT_CTRL_C
 
 
 def _stop_on_sigterm(signum: int, frame: Any) -> None:

@@ -10,6 +10,7 @@ way: a problem the user can fix is one ``error:`` line on stderr, no traceback, 
   already exists.
 * 143 (``EXIT_SIGTERM``, 128 + SIGTERM): stopped by SIGTERM (a fit saves its ``last.ckpt`` first, with the
   default ``sigterm_checkpoint``).
+* 130 (``EXIT_CTRL_C``, 128 + SIGINT): stopped by Ctrl-C (a fit says which ``last.ckpt`` is kept, and how to resume).
 
 Anything else is a bug, and keeps its traceback.
 """
@@ -29,6 +30,7 @@ from lightning.pytorch.utilities.exceptions import MisconfigurationException, SI
 EXIT_FAILED = 1
 EXIT_BAD_INPUT = 2
 EXIT_SIGTERM = 143
+EXIT_CTRL_C = 130  # 128 + SIGINT, as a shell reports Ctrl-C
 PREVIEW = 60  # characters of someone else's value that a message echoes
 
 # OSErrors that describe the machine (disk, permissions, paths), not a bug

@@ -95,3 +95,19 @@ class SlowToBuild(Callback):
         sys.stderr.write("building slowly\n")
         sys.stderr.flush()
         time.sleep(seconds)
+
+
+class PauseAtEpochStart(Callback):
+    """Say ``epoch N started`` on stderr when ``epoch`` starts, then wait ``seconds``: a moment to press Ctrl-C in."""
+
+    def __init__(self, epoch: int, seconds: float) -> None:
+        self.epoch, self.seconds = epoch, seconds
+
+    def on_train_epoch_start(self, trainer, pl_module) -> None:
+        import sys
+        import time
+
+        if trainer.current_epoch == self.epoch:
+            sys.stderr.write(f"epoch {self.epoch} started\n")
+            sys.stderr.flush()
+            time.sleep(self.seconds)

@@ -151,3 +151,30 @@ def test_sigterm_during_start_up_exits_143_with_its_line_and_leaves_no_folders(w
     assert process.wait(timeout=60) == 143
     assert "stopped by SIGTERM" in process.stderr.read()
     assert sorted(p.name for p in workdir.iterdir()) == []
+
+
+@pytest.mark.parametrize("epoch", [0, 2])
+def test_ctrl_c_exits_130_saying_what_was_kept_and_how_to_resume(workdir: Path, epoch: int) -> None:
+    import signal
+
+    process = subprocess.Popen(
+        [sys.executable, "-m", "gpu_lessons", "fit", "--config", str(REPO / "configs/step_lr.yaml"), "--pictures.enabled",
+         "false", "--trainer.callbacks+=tests.helpers.PauseAtEpochStart", "--trainer.callbacks.epoch", str(epoch),
+         "--trainer.callbacks.seconds", "60"],
+        cwd=workdir, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, env={**os.environ, "PYTHONPATH": str(REPO)},
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),  # as in a terminal (a background job ignores it)
+    )
+    assert process.stderr is not None
+    for line in process.stderr:
+        if line == f"epoch {epoch} started\n":
+            break
+    process.send_signal(signal.SIGINT)
+    assert process.wait(timeout=60) == 130
+    err = process.stderr.read()
+    assert "stopped by Ctrl-C" in err and "Traceback" not in err
+    if epoch == 0:
+        assert "no epoch had finished, so no checkpoint was kept" in err
+    else:
+        last = "checkpoints/step_lr/version_0/last.ckpt"
+        assert f"on Ctrl-C, kept {last} (the latest finished epoch); resume with `fit --ckpt_path {last}`" in err
+        assert load_checkpoint(workdir / last)["epoch"] == epoch - 1
