@@ -70,7 +70,11 @@ class LessonCLI(LightningCLI):
             kwargs.setdefault("save_config_kwargs", {"run_folders": self.folders.set_keys})
         kwargs.setdefault("seed_everything_default", 42)
         # parse errors come back as exceptions, for cli_main to report in one line instead of the usage block
-        kwargs.setdefault("parser_kwargs", {"exit_on_error": False, "prog": "gpu-lessons", "description": _DESCRIPTION})
+        # no abbreviations (``--trainer.max_epoch`` would be taken as ``max_epochs``), in every subcommand's parser too
+        kwargs.setdefault("parser_kwargs", {
+            "exit_on_error": False, "prog": "gpu-lessons", "description": _DESCRIPTION, "allow_abbrev": False,
+            **{name: {"allow_abbrev": False} for name in LightningCLI.subcommands()},
+        })
         try:
             super().__init__(Lesson, LightningDataModule, *args, subclass_mode_model=True, subclass_mode_data=True, **kwargs)
         except BaseException:

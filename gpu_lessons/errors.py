@@ -67,8 +67,10 @@ class NonFiniteLossError(UserError, FloatingPointError):
 class OutputExistsError(UserError, FileExistsError):
     """A file a command would write is already there: no command writes over a file unless told to."""
 
-    def __init__(self, path: object) -> None:
-        super().__init__(f"{path} already exists and was left as it is; delete or rename it, or choose another name")
+    def __init__(self, path: object, replace_with: str = "") -> None:
+        self.path = path
+        choices = f"choose another name, or pass {replace_with} to replace it" if replace_with else "or choose another name"
+        super().__init__(f"{path} already exists and was left as it is; delete or rename it, {choices}")
 
 
 def print_error(message: object) -> None:

@@ -12,6 +12,7 @@ import argparse
 import inspect
 import io
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Optional
 
 import torch
@@ -21,7 +22,8 @@ from gpu_lessons import models
 from gpu_lessons.atomic_files import PathLike, refuse_existing, write_new_file
 from gpu_lessons.safe_checkpoints import load_checkpoint
 from gpu_lessons.data.mnist import DATASETS
-from gpu_lessons.errors import CommandParser, UserError, run_command
+from gpu_lessons.errors import CommandParser, OutputExistsError, UserError, run_command
+from gpu_lessons.run_folders import checkpoint_alias
 from gpu_lessons.models import (
     BinaryTask,
     BlobClassifierLesson,
@@ -124,7 +126,11 @@ def _trained_on(checkpoint: dict) -> Optional[str]:
 def _parser(prog: str) -> argparse.ArgumentParser:
     description = "Write a lesson checkpoint's network as plain weights (its bare state_dict), for torch alone."
     parser = CommandParser(prog=prog, description=description)
-    parser.add_argument("--ckpt_path", required=True, help="the checkpoint, e.g. checkpoints/cnn/version_0/last.ckpt")
+    parser.add_argument(
+        "--ckpt_path", required=True,
+        help="the checkpoint, e.g. checkpoints/cnn/version_0/last.ckpt, or last/best of the newest run of --run_name",
+    )
+    parser.add_argument("--run_name", help="with --ckpt_path last or best: the run (e.g. cnn); default: the only one")
     parser.add_argument("--output", required=True, help="the weights file to write: NAME.pth, or NAME.safetensors")
     parser.add_argument("--overwrite", action="store_true", help="replace --output if it exists (else it is kept)")
     parser.add_argument(
@@ -134,15 +140,31 @@ def _parser(prog: str) -> argparse.ArgumentParser:
 
 
 def _export(args: argparse.Namespace) -> int:
+    if args.ckpt_path in ("last", "best"):  # as fit, test and predict take them
+        args.ckpt_path = str(checkpoint_alias(args.ckpt_path, _run(args.run_name)))
     checkpoint = load_checkpoint(args.ckpt_path)  # read once: for the lesson and for the dataset it learned
     lesson = LESSONS.get(args.lesson, Lesson).from_checkpoint(checkpoint, args.ckpt_path, map_location="cpu")
-    output = save_plain_weights(lesson.net, args.output, overwrite=args.overwrite)
+    try:
+        output = save_plain_weights(lesson.net, args.output, overwrite=args.overwrite)
+    except OutputExistsError as error:
+        raise OutputExistsError(error.path, replace_with="--overwrite") from None
     parameters = sum(p.numel() for p in lesson.net.parameters())
     net_name = type(lesson.net).__name__
     print(f"wrote {output}: the state_dict of {net_name} ({parameters:,} parameters) from {args.ckpt_path}")
     print("to load it into the plain network:")
     print(loading_hint(lesson, output, _trained_on(checkpoint)))
     return 0
+
+
+def _run(name: Optional[str]) -> SimpleNamespace:
+    """The run whose ``last``/``best`` is meant: ``name``, or the one run in ``checkpoints/``."""
+    if name is None:
+        runs = sorted(p.name for p in Path("checkpoints").iterdir() if p.is_dir()) if Path("checkpoints").is_dir() else []
+        if len(runs) != 1:
+            found = f"the runs in checkpoints/ are {', '.join(runs)}" if runs else "checkpoints/ holds no run"
+            raise UserError(f"--ckpt_path last/best: say which run with --run_name ({found})")
+        name = runs[0]
+    return SimpleNamespace(run_name=name, checkpoint=SimpleNamespace(dirpath=None))
 
 
 def main(argv: Optional[list[str]] = None, prog: str = "gpu-lessons export") -> int:

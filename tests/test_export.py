@@ -101,7 +101,8 @@ def test_an_existing_output_is_kept_unless_overwrite(
     command = ["--ckpt_path", str(checkpoint), "--output", "cnn.pth", "--lesson", "CNNLesson"]
     assert main(command) == 2
     assert capsys.readouterr().err == (
-        "error: cnn.pth already exists and was left as it is; delete or rename it, or choose another name\n"
+        "error: cnn.pth already exists and was left as it is; delete or rename it, choose another name, or pass "
+        "--overwrite to replace it\n"
     )
     assert (workdir / "cnn.pth").read_bytes() == b"my own weights"
     with pytest.raises(FileExistsError, match="cnn.pth already exists"):
@@ -179,3 +180,17 @@ def test_safetensors_output_loads_into_the_plain_network(
     images = torch.randn(4, 1, 28, 28)
     with torch.no_grad():
         assert torch.equal(plain(images), lesson.net(images))
+
+
+def test_export_takes_last_and_best_like_the_other_subcommands(workdir: Path, capsys: pytest.CaptureFixture) -> None:
+    """``--ckpt_path last``/``best`` mean the newest run's, of ``--run_name`` or of the one run there is."""
+    assert main(["--ckpt_path", "last", "--output", "none.pth"]) == 2
+    assert "checkpoints/ holds no run" in capsys.readouterr().err
+    run("fit", "regression", "--trainer.max_epochs", "2")
+    assert main(["--ckpt_path", "last", "--output", "last.pth"]) == 0
+    assert "from checkpoints/regression/version_0/last.ckpt" in capsys.readouterr().out
+    run("fit", "classifier", "--trainer.max_epochs", "2")
+    assert main(["--ckpt_path", "best", "--output", "best.pth"]) == 2
+    assert "say which run with --run_name (the runs in checkpoints/ are classifier, regression)" in capsys.readouterr().err
+    assert main(["--ckpt_path", "best", "--run_name", "classifier", "--output", "best.pth"]) == 0
+    assert "from checkpoints/classifier/version_0/epoch001-val_loss" in capsys.readouterr().out

@@ -276,6 +276,7 @@ BAD_INPUTS = {
     "label smoothing 1": (["fit", "mlp", "--model.init_args.label_smoothing", "1"], "label_smoothing must be in [0, 1)"),
     "last.ckpt as a link": (["fit", "classifier", "--checkpoint.save_last", "link"], "last.ckpt, the latest epoch, is written every epoch by last_checkpoint"),
     "noise < 0": (["fit", "regression", "--data.init_args.noise", "-1"], "noise must be >= 0"),
+    "an abbreviated option": (["fit", "regression", "--trainer.max_epoch", "3"], "unrecognized arguments: --trainer.max_epoch"),
     "val_check_interval 0": (["fit", "regression", "--trainer.val_check_interval", "0"], "trainer.val_check_interval must be more than 0"),
     "limit_train_batches 0": (["fit", "regression", "--trainer.limit_train_batches", "0"], "trainer.limit_train_batches must be more than 0"),
     "a YAML billion laughs": (["fit", "--config", "laughs.yaml"], "laughs.yaml expands to more than 100,000 values"),
