@@ -29,32 +29,16 @@ from lightning.pytorch.utilities.exceptions import MisconfigurationException, SI
 
 from gpu_lessons import __version__
 from gpu_lessons.checkpointing import ConfinedCheckpoint
-from gpu_lessons.cli_config import CALLBACKS, add_lesson_arguments
+from gpu_lessons.cli_config import CALLBACKS, DESCRIPTION, LIGHTNING_SUBCOMMANDS, TOOLS, add_lesson_arguments
 from gpu_lessons.config_checks import check_trainer_counts, say_how_the_data_differs, set_model_settings, with_config_files
 from gpu_lessons.cuda import resolve_accelerator
 from gpu_lessons.errors import EXIT_CTRL_C, UserError, exit_code, imported_class, one_line
 from gpu_lessons.models.base import Lesson
-from gpu_lessons.progress import print_fit_summary, quiet_lightning
+from gpu_lessons.progress import print_fit_summary, quiet_lightning, shown
 from gpu_lessons.run_folders import NonOverwritingSaveConfigCallback, RunFolders, checked_run_name, checkpoint_alias, default_run_name
 from gpu_lessons.checkpoint_states import check_resumable
 from gpu_lessons.safe_checkpoints import check_weights_fit, checked_hyperparameters, load_checkpoint
 
-# The subcommands beside Lightning's fit, validate, test and predict: name -> (the module whose
-# main(argv, prog) runs it, what it does). Each reports errors like the others (gpu_lessons.errors).
-_TOOLS = {
-    "lessons": ("gpu_lessons.lessons", "the lessons and what each reaches (--copy NAME writes NAME.yaml to edit)"),
-    "export": ("gpu_lessons.export", "a checkpoint's network as plain weights, for torch alone"),
-    "pictures": ("gpu_lessons.pictures", "runs' learning curves side by side"),
-    "doctor": ("gpu_lessons.doctor", "is the GPU usable, and how fast is it?"),
-}
-_DESCRIPTION = (
-    "gpu_lessons: a beginner's GPU/PyTorch course as PyTorch Lightning lessons. Train one with "
-    "`gpu-lessons fit --config cnn` (a shipped lesson, or your own YAML file), then test or predict with "
-    "`--ckpt_path last`; `gpu-lessons fit --help` lists every option. The other subcommands: "
-    + "; ".join(f"`{name}`: {what}" for name, (_, what) in _TOOLS.items())
-    + " (`gpu-lessons NAME --help` for each). Exit codes: 0 done, 1 failed (a NaN loss, a full disk), 2 bad input, "
-    "130 stopped by Ctrl-C, 143 stopped by SIGTERM."
-)
 _LOGGER_DEFAULT_NAME = "lightning_logs"  # TensorBoardLogger's and CSVLogger's own default for ``name``
 _LIGHTNING_CKPT_ALIASES = ("last", "best", "hpc", "registry")
 
@@ -72,8 +56,9 @@ class LessonCLI(LightningCLI):
         # parse errors come back as exceptions, for cli_main to report in one line instead of the usage block
         # no abbreviations (``--trainer.max_epoch`` would be taken as ``max_epochs``), in every subcommand's parser too
         kwargs.setdefault("parser_kwargs", {
-            "exit_on_error": False, "prog": "gpu-lessons", "description": _DESCRIPTION, "allow_abbrev": False,
-            **{name: {"allow_abbrev": False} for name in LightningCLI.subcommands()},
+            "exit_on_error": False, "prog": "gpu-lessons", "description": DESCRIPTION, "allow_abbrev": False,
+            **{name: {"allow_abbrev": False, "description": f"gpu-lessons {name}: {what}."}
+               for name, what in LIGHTNING_SUBCOMMANDS.items()},
         })
         try:
             super().__init__(Lesson, LightningDataModule, *args, subclass_mode_model=True, subclass_mode_data=True, **kwargs)
@@ -170,6 +155,12 @@ class LessonCLI(LightningCLI):
         built = _subcommand_config(self.config_init, self.subcommand)
         print_fit_summary(self.trainer, built.checkpoint, built.last_checkpoint, built.pictures.folder)
 
+    def after_test(self) -> None:
+        """Say where the test's pictures went (a confusion matrix and the misclassified digits, for MNIST)."""
+        pictures = _subcommand_config(self.config_init, self.subcommand).pictures
+        if pictures.written and self.trainer.is_global_zero:
+            print(f"pictures: {', '.join(shown(str(path)) for path in pictures.written)}")
+
     def instantiate_classes(self) -> None:
         """Build model, data and trainer; a constructor's complaint about an argument (a ValueError, Lightning's
         MisconfigurationException, a missing package for ``accelerator: tpu``) is a user error."""
@@ -242,8 +233,8 @@ def main(argv: Optional[list[str]] = None) -> int:
 
         print(f"gpu_lessons {__version__} (torch {torch.__version__}, lightning {lightning.__version__})")
         return 0
-    if args and args[0] in _TOOLS:  # imported only when asked for
-        module, _ = _TOOLS[args[0]]
+    if args and args[0] in TOOLS:  # imported only when asked for
+        module, _ = TOOLS[args[0]]
         return importlib.import_module(module).main(args[1:], prog=f"gpu-lessons {args[0]}")
     cli_main(argv)  # with None, LightningCLI reads sys.argv itself
     return 0

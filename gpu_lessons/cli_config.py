@@ -1,4 +1,4 @@
-"""What the CLI adds to Lightning's config: its own options (``--run_name``, ``--init_weights``, ...), and every
+"""What the CLI adds to Lightning's command line: its help, its own options (``--run_name``, ``--init_weights``, ...), and every
 callback and plugin it adds to the trainer as a config key with a visible default (``null`` switches one off)."""
 
 from __future__ import annotations
@@ -14,6 +14,31 @@ from gpu_lessons.pictures import LessonPictures
 from gpu_lessons.predictions import PredictionPrinter
 from gpu_lessons.progress import output_is_a_terminal
 
+# The subcommands beside Lightning's fit, validate, test and predict: name -> (the module whose
+# main(argv, prog) runs it, what it does). Each reports errors like the others (gpu_lessons.errors).
+TOOLS = {
+    "lessons": ("gpu_lessons.lessons", "the lessons and what each reaches (--copy NAME writes NAME.yaml to edit)"),
+    "export": ("gpu_lessons.export", "a checkpoint's network as plain weights, for torch alone"),
+    "pictures": ("gpu_lessons.pictures", "runs' learning curves side by side"),
+    "doctor": ("gpu_lessons.doctor", "is the GPU usable, and how fast is it?"),
+}
+# What each of Lightning's subcommands does here (Lightning's own help line stops at its docstring's first line).
+LIGHTNING_SUBCOMMANDS = {
+    "fit": "train a lesson (resume with --ckpt_path)",
+    "validate": "one pass over the validation set",
+    "test": "one pass over the test set, with a checkpoint (--ckpt_path last)",
+    "predict": "predictions for the data's predict inputs or your pictures",
+}
+DESCRIPTION = (
+    "gpu_lessons: a beginner's GPU/PyTorch course as PyTorch Lightning lessons. Train one with "
+    "`gpu-lessons fit --config cnn` (a shipped lesson, or your own YAML file), then test or predict with "
+    "`--ckpt_path last`; `gpu-lessons fit --help` lists every option. Lightning's subcommands: "
+    + "; ".join(f"`{name}`: {what}" for name, what in LIGHTNING_SUBCOMMANDS.items())
+    + ". The others: "
+    + "; ".join(f"`{name}`: {what}" for name, (_, what) in TOOLS.items())
+    + " (`gpu-lessons NAME --help` for each); `gpu-lessons --version` prints the versions. Exit codes: 0 done, 1 failed (a NaN loss, a full disk), 2 bad input, "
+    "130 stopped by Ctrl-C, 143 stopped by SIGTERM."
+)
 # The callbacks the CLI adds beside checkpoint, last_checkpoint and pictures: a top-level key each, with the class
 # it may be, its default (set in add_arguments_to_parser, so --print_config and config.yaml show it) and its help;
 # null switches one off. The progress bar's default depends on the output: set beside them.

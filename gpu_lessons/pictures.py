@@ -85,6 +85,7 @@ class LessonPictures(Callback):
         self._batches: dict[str, list[tuple[Tensor, ...]]] = {"train": [], "val": [], "test": []}
         self._kept = 0  # training samples kept
         self._collecting = False  # keeping training batches: during the fit's first epoch
+        self.written: list[Path] = []  # the PNG files of the latest fit or test
 
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         # ``trainer.log_dir`` is a collective call under DDP, so every rank asks here rather than rank zero later.
@@ -209,6 +210,7 @@ class LessonPictures(Callback):
         pl_module: LightningModule,
         draw: Callable[[Trainer, LightningModule], Iterator[tuple[str, Figure]]],
     ) -> None:
+        self.written = []
         if not self._keeps(trainer):
             return
         folder = self.folder
@@ -218,6 +220,7 @@ class LessonPictures(Callback):
                     rgb = render(figure)  # once, for both the PNG and TensorBoard: rendering is the slow part
                     folder.mkdir(parents=True, exist_ok=True)
                     write_atomically(folder / f"{name}.png", lambda file: PIL.Image.fromarray(rgb).save(file, "PNG"))
+                    self.written.append(folder / f"{name}.png")
                     for logger in trainer.loggers:
                         if isinstance(logger, TensorBoardLogger):
                             logger.experiment.add_image(f"pictures/{name}", rgb, trainer.global_step, dataformats="HWC")

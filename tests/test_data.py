@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -276,6 +277,26 @@ def test_failed_download_is_the_same_clear_error(tmp_path: Path, monkeypatch: py
     dm = MNISTDataModule(data_dir=tmp_path, download=True)
     with pytest.raises(DatasetMissingError, match="downloading failed .*name resolution.*t10k-labels-idx1-ubyte"):
         dm.prepare_data()
+
+
+def test_a_failed_download_is_one_line_and_leaves_no_empty_folders(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """torchvision reports every mirror it tried over several lines, after making data/MNIST/raw for the files."""
+    from torchvision import datasets
+
+    def offline(self, *args, **kwargs):
+        os.makedirs(self.raw_folder, exist_ok=True)
+        raise RuntimeError(
+            "Error downloading train-images-idx3-ubyte.gz:\nTried https://mirror/, got:\n"
+            "<urlopen error [Errno -2] Name or service not known>\n)"
+        )
+
+    monkeypatch.setattr(datasets.MNIST, "download", offline)
+    dm = MNISTDataModule(data_dir=tmp_path / "data", download=True)
+    with pytest.raises(DatasetMissingError) as error:
+        dm.prepare_data()
+    assert "\n" not in str(error.value)
+    assert "downloading failed (<urlopen error [Errno -2] Name or service not known>)" in str(error.value)
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_gz_archives_are_unpacked_offline(tmp_path: Path) -> None:

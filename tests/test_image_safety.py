@@ -129,3 +129,16 @@ def test_a_blank_picture_is_refused_and_the_others_are_read(tmp_path: Path, caps
 
     # A 28×28 picture is already an MNIST digit and is taken as it is, even an empty one.
     assert torch.equal(mnist_digit(PIL.Image.new("L", (28, 28))), torch.zeros(28, 28, dtype=torch.uint8))
+
+
+def test_a_folder_of_class_folders_given_to_predict_images_says_what_to_do(tmp_path: Path) -> None:
+    """A learner's my_digits/ (0/, 1/, 7/ inside) given as predict_images: name the class folders and the way to use
+    them, instead of only "no PNG or JPEG files"."""
+    from gpu_lessons.data.images import read_digits
+    from gpu_lessons.errors import UserError
+
+    for name in ("0", "1", "7"):
+        (tmp_path / "my_digits" / name).mkdir(parents=True)
+    with pytest.raises(UserError, match=r"has no PNG or JPEG files: its pictures are in class folders \(0, 1, 7\); give one "
+                       r"of them, or test on all with --data gpu_lessons.data.ImageFolderDataModule --data.root "):
+        read_digits(tmp_path / "my_digits")

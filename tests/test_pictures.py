@@ -156,3 +156,29 @@ def test_overfit_and_dropout_runs_compared_side_by_side(tmp_path: Path, capsys) 
     torch.save({"state_dict": {}}, "bare.ckpt")
     assert pictures_main(["bare.ckpt", "--output", "other.png"]) == 2
     assert "holds no learning curves" in capsys.readouterr().err
+
+
+def test_the_test_subcommand_says_where_its_pictures_went(tiny_mnist: Path, capsys) -> None:
+    data = ["--data.init_args.data_dir", str(tiny_mnist), "--data.init_args.val_size", "100", "--data.init_args.download", "false"]
+    run("fit", "cnn", "--trainer.max_epochs", "1", *data)
+    run("test", "cnn", "--ckpt_path", "last", *data)
+    printed = [line for line in capsys.readouterr().out.splitlines() if line.startswith("pictures: ")]
+    assert printed[-1] == (
+        "pictures: lightning_logs/cnn/version_1/pictures/confusion_matrix.png, "
+        "lightning_logs/cnn/version_1/pictures/misclassified.png"
+    )
+    assert all(Path(path).is_file() for path in printed[-1].removeprefix("pictures: ").split(", "))
+
+
+def test_help_lists_every_subcommand_and_the_version_and_each_subcommand_says_what_it_does(capsys) -> None:
+    from gpu_lessons.cli import main
+
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    text = " ".join(capsys.readouterr().out.split())  # argparse wraps lines
+    for name in ("fit", "validate", "test", "predict", "lessons", "export", "pictures", "doctor", "--version"):
+        assert f"`{name}" in text or f"gpu-lessons {name}" in text or f"gpu- lessons {name}" in text, name
+    with pytest.raises(SystemExit):
+        main(["test", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "gpu-lessons test: one pass over the test set, with a checkpoint (--ckpt_path last)." in text

@@ -91,7 +91,13 @@ def read_digits(source: Union[str, Path]) -> tuple[Tensor, list[str]]:
     if source.is_dir():
         paths = sorted(p for p in source.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
         if not paths:
-            raise UserError(f"predict_images: {source} has no PNG or JPEG files")
+            classes = sorted(p.name for p in source.iterdir() if p.is_dir())
+            hint = (
+                f": its pictures are in class folders ({', '.join(classes[:3])}{', ...' if len(classes) > 3 else ''}); give one "
+                f"of them, or test on all with --data gpu_lessons.data.ImageFolderDataModule --data.root {source}"
+                if classes else ""
+            )
+            raise UserError(f"predict_images: {source} has no PNG or JPEG files{hint}")
     elif source.is_file():
         paths = [source]
     elif source.exists():  # a FIFO or device would block or never end: only regular files are read

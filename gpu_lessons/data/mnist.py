@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import os
 import shutil
@@ -122,11 +123,17 @@ class MNISTDataModule(TensorDataModule):
         if self._files_present():
             return
         if self.hparams.download:
+            made = [folder for folder in (self.raw_folder, *self.raw_folder.parents) if not folder.exists()]
             try:
                 for train in (True, False):
                     self.dataset_class(self.data_dir, train=train, download=True)
             except Exception as error:  # urllib/HTTP/checksum errors all mean the same thing to the user
-                raise self._missing_error(f"downloading failed ({error.__class__.__name__}: {error})") from None
+                for folder in made:  # the empty folders torchvision made for the files it could not fetch
+                    with contextlib.suppress(OSError):
+                        folder.rmdir()
+                # torchvision's message lists every mirror it tried; its last line says why
+                reason = next((line.strip() for line in reversed(str(error).splitlines()) if line.strip(" )")), "")
+                raise self._missing_error(f"downloading failed ({reason or type(error).__name__})") from None
         if not self._files_present():
             raise self._missing_error("download is disabled" if not self.hparams.download else "download failed")
 
