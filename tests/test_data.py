@@ -402,3 +402,19 @@ def test_damaged_mnist_files_are_one_clear_error_naming_them(case: str, tmp_path
         datamodule.setup("fit")
     assert DAMAGED_MNIST[case] in str(error.value) and "\n" not in str(error.value)
     assert sorted(p.name for p in (root / "MNIST" / "raw").iterdir()) == before  # no half-unpacked file left
+
+
+def test_a_plain_loop_over_the_mnist_loaders_normalises_with_preprocess_batch(tiny_mnist: Path) -> None:
+    """The loaders yield the stored uint8 images (Lightning normalises them in on_after_batch_transfer); a plain
+    PyTorch loop does the same with preprocess_batch, and gets what the lesson's steps get."""
+    from gpu_lessons.data import preprocess_batch
+    from gpu_lessons.models import CNN
+
+    dm = MNISTDataModule(data_dir=tiny_mnist, batch_size=64, val_size=100, download=False)
+    dm.setup("fit")
+    batch = next(iter(dm.train_dataloader()))
+    assert batch[0].dtype == torch.uint8
+    images, labels = preprocess_batch(batch)
+    assert images.dtype == torch.float32 and images.shape == (64, 1, 28, 28)
+    assert torch.equal(images, dm.on_after_batch_transfer(batch, 0)[0])
+    assert CNN()(images).shape == (64, 10)

@@ -2,7 +2,7 @@
 
 from gpu_lessons.data.batches import EpochPermutation, ResumableDataLoader
 from gpu_lessons.data.image_folder import ImageFolderDataModule
-from gpu_lessons.data.mnist import DatasetError, DatasetMissingError, MNISTDataModule, preprocess
+from gpu_lessons.data.mnist import DatasetError, DatasetMissingError, MNISTDataModule, preprocess, preprocess_batch
 from gpu_lessons.data.synthetic import BlobsDataModule, CurveDataModule, LineDataModule, RandomFeaturesDataModule
 from gpu_lessons.data.tensor_datamodule import TensorDataModule
 
@@ -19,4 +19,5 @@ __all__ = [
     "ResumableDataLoader",
     "TensorDataModule",
     "preprocess",
+    "preprocess_batch",
 ]
