@@ -18,6 +18,7 @@ from gpu_lessons.progress import output_is_a_terminal
 # main(argv, prog) runs it, what it does). Each reports errors like the others (gpu_lessons.errors).
 TOOLS = {
     "lessons": ("gpu_lessons.lessons", "the lessons and what each reaches (--copy NAME writes NAME.yaml to edit)"),
+    "course": ("gpu_lessons.course", "a lesson's plain PyTorch loop, as the course writes it (--compare: against Lightning)"),
     "export": ("gpu_lessons.export", "a checkpoint's network as plain weights, for torch alone"),
     "pictures": ("gpu_lessons.pictures", "runs' learning curves side by side"),
     "doctor": ("gpu_lessons.doctor", "is the GPU usable, and how fast is it?"),

@@ -23,7 +23,8 @@ class TensorDataModule(LightningDataModule):
     makes each batch with one indexing operation (:class:`~gpu_lessons.data.batches.EpochPermutation`).
 
     Subclasses implement :meth:`build_splits` and return ``{"train": (x, y), "val": ..., "test": ..., "predict": ...}``
-    (any split may be missing). Shuffling uses ``seed + epoch``; under DDP each rank gets its own shard.
+    (any split may be missing). Mini-batches are shuffled with ``seed + epoch``; a full batch keeps the stored order;
+    under DDP each rank gets its own shard.
 
     What callbacks and the CLI read, as plain attributes:
 
@@ -114,7 +115,9 @@ class TensorDataModule(LightningDataModule):
         sampler = EpochPermutation(
             dataset,
             batch_size=self.batch_size if train else self.eval_batch_size,
-            shuffle=train,
+            # a full batch holds every sample whatever the order: in the stored order, as the course's loops take it,
+            # its steps are the course loop's to the bit (gpu_lessons.course)
+            shuffle=train and self.batch_size is not None,
             seed=self.seed,
             rank=rank,
             num_replicas=num_replicas,
