@@ -7,9 +7,11 @@ import struct
 from pathlib import Path
 
 # The tests pin down CPU behaviour (bit-exact resume, configs saying ``accelerator: gpu`` falling back): run them
-# on the CPU even on a machine with a GPU. Nothing is left untested by that: the NaN guard has one code path on
-# every device, and its accelerator interval runs on the CPU in tests/test_callbacks.py.
-os.environ["CUDA_VISIBLE_DEVICES"] = ""
+# on the CPU even on a machine with a GPU. tests/test_gpu.py checks the GPU itself: `GPU_LESSONS_GPU_TESTS=1 python -m
+# pytest tests/test_gpu.py` (benchmarks/gpu_check.py runs it) leaves the GPUs visible.
+GPU_TESTS = os.environ.get("GPU_LESSONS_GPU_TESTS") == "1"
+if not GPU_TESTS:
+    os.environ["CUDA_VISIBLE_DEVICES"] = ""
 
 import numpy as np
 import pytest
