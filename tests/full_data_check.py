@@ -1,17 +1,21 @@
-"""Full-data accuracy check: the shipped MNIST configs must beat the course's accuracy on the real dataset.
+"""Full-data accuracy check, and the one script that measures the results the lessons table states.
 
 Not a pytest test (it needs the real MNIST and a few CPU minutes); ``.ci/run`` runs it after the test suite:
 
-    python tests/full_data_check.py --data_dir /path/with/MNIST/raw
+    python tests/full_data_check.py --data_dir /path/with/MNIST/raw                     # CI: seed 42
+    python tests/full_data_check.py --data_dir DIR --seeds 42 1 2 3 4 --lessons ...    # the table's results
 
-For each lesson it runs ``fit`` with the shipped config, then ``test --ckpt_path`` on that run's ``last.ckpt``,
-and fails unless the test accuracy reaches the course's number and the checkpoint reproduces it exactly.
+For each lesson and seed it runs ``fit`` with the shipped config, then ``test --ckpt_path`` on that run's
+``last.ckpt``. It prints the mean, spread and range over the seeds, and fails unless every run reaches the course's
+accuracy, falls inside the range the config's ``# Result:`` line states (:data:`RESULTS`, which a test keeps equal
+to the configs), and the checkpoint reproduces its accuracy exactly.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import statistics
 import sys
 import tempfile
 import time
@@ -22,17 +26,27 @@ sys.path.insert(0, str(REPO))
 
 from gpu_lessons.cli import cli_main  # noqa: E402
 
-# The course's own results (steps 10 and 12) and, for the course's concept-4 network it never trains, 97.5 %:
-# the floors the shipped configs must reach.
-FLOORS = {"mlp": 0.9759, "cnn": 0.9879, "mnist_classifier": 0.975}
+# Per lesson: the floor it must reach (the course's own results of steps 10 and 12; 97.5 % for the concept-4 network
+# the course never trains) and the range of test accuracy over seeds 42, 1, 2, 3, 4 (Fashion-MNIST: 42, 1, 2) on this
+# repo's 2-core CPU, measured by this script with --seeds. The configs' Result lines state the same ranges.
+RESULTS = {
+    "mlp": (0.9759, 0.9801, 0.9822),
+    "cnn": (0.9879, 0.9896, 0.9914),
+    "mnist_classifier": (0.975, 0.9792, 0.9812),
+    "fashion_mlp": (0.0, 0.8810, 0.8833),
+    "fashion_cnn": (0.0, 0.9000, 0.9055),
+}
+CI_LESSONS = ["mlp", "cnn", "mnist_classifier"]  # Fashion-MNIST is not beside the repo in CI
 
 
-def check(lesson: str, data_dir: Path, workdir: Path) -> tuple[float, float, float]:
+def check(lesson: str, data_dir: Path, workdir: Path, seed: int = 42) -> tuple[float, float, float]:
     common = [
         "--config", str(REPO / "configs" / f"{lesson}.yaml"),
         "--data.init_args.data_dir", str(data_dir),
         "--data.init_args.download", "false",
         "--trainer.enable_progress_bar", "false",
+        "--seed_everything", str(seed),
+        "--run_name", f"{lesson}_seed{seed}",
     ]
     os.chdir(workdir)
     start = time.perf_counter()
@@ -48,26 +62,33 @@ def check(lesson: str, data_dir: Path, workdir: Path) -> tuple[float, float, flo
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data_dir", type=Path, required=True, help="folder that holds MNIST/raw")
-    parser.add_argument("--lessons", nargs="+", default=list(FLOORS), choices=list(FLOORS))
+    parser.add_argument("--data_dir", type=Path, required=True, help="folder that holds MNIST/raw (and FashionMNIST/raw)")
+    parser.add_argument("--lessons", nargs="+", default=CI_LESSONS, choices=list(RESULTS))
+    parser.add_argument("--seeds", nargs="+", type=int, default=[42], help="seed_everything values (default: 42)")
     args = parser.parse_args()
     sys.argv = sys.argv[:1]  # the CLI gets its arguments from check(); LightningCLI warns when sys.argv has others too
     data_dir = args.data_dir.resolve()
-    failures = []
-    rows = []
+    failures, rows = [], []
     with tempfile.TemporaryDirectory() as workdir:
         for lesson in args.lessons:
-            fit_seconds, accuracy, reloaded = check(lesson, data_dir, Path(workdir))
-            ok = accuracy >= FLOORS[lesson] and reloaded == accuracy
-            rows.append((lesson, fit_seconds, accuracy, reloaded, FLOORS[lesson], "ok" if ok else "FAIL"))
-            if not ok:
-                failures.append(lesson)
-    print("\n| lesson | fit s | test acc | test acc from last.ckpt | floor | result |")
-    print("|---|---|---|---|---|---|")
-    for lesson, seconds, accuracy, reloaded, floor, result in rows:
-        print(f"| {lesson} | {seconds:.1f} | {accuracy:.2%} | {reloaded:.2%} | {floor:.2%} | {result} |")
+            floor, low, high = RESULTS[lesson]
+            accuracies = []
+            for seed in args.seeds:
+                fit_seconds, accuracy, reloaded = check(lesson, data_dir, Path(workdir), seed)
+                accuracies.append(accuracy)
+                if not (accuracy >= floor and low - 5e-5 <= accuracy <= high + 5e-5 and reloaded == accuracy):
+                    failures.append(f"{lesson} (seed {seed}: {accuracy:.2%}, from last.ckpt {reloaded:.2%})")
+                print(f"{lesson} seed {seed}: {accuracy:.2%} in {fit_seconds:.1f} s", flush=True)
+            spread = statistics.stdev(accuracies) if len(accuracies) > 1 else 0.0
+            rows.append((lesson, args.seeds, statistics.mean(accuracies), spread, min(accuracies), max(accuracies), floor, low, high))
+    print("\n| lesson | seeds | mean test acc | std | lowest–highest | floor | stated range |")
+    print("|---|---|---|---|---|---|---|")
+    for lesson, seeds, mean, spread, lowest, highest, floor, low, high in rows:
+        print(f"| {lesson} | {', '.join(map(str, seeds))} | {mean:.2%} | {spread:.2%} | {lowest:.2%}–{highest:.2%} | "
+              f"{floor:.2%} | {low:.2%}–{high:.2%} |")
     if failures:
-        print(f"full-data check failed for: {', '.join(failures)}", file=sys.stderr)
+        print(f"full-data check failed (below the floor, outside the stated range, or not reproduced): {'; '.join(failures)}",
+              file=sys.stderr)
         return 1
     return 0
 

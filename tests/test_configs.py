@@ -12,7 +12,7 @@ from gpu_lessons import data, models
 from gpu_lessons.cli import LessonCLI
 from gpu_lessons.models import Lesson, MulticlassTask
 
-from .conftest import CONFIGS
+from .conftest import CONFIGS, REPO
 
 # config name -> (lesson class, datamodule class, what else the config must say)
 EXPECTED = {
@@ -77,3 +77,21 @@ def test_config_instantiates_what_it_configures(path: Path, tmp_path: Path, monk
         length = {"total_steps": 10} if "total_steps" in cli.model.scheduler_factory.keywords else {}  # OneCycleLR
         scheduler = cli.model.scheduler_factory(optimizer, **length)
         assert type(scheduler).__name__ == scheduler_spec["class_path"].rsplit(".", 1)[-1]
+
+
+def test_the_stated_results_are_the_ranges_the_full_data_check_holds_ci_to() -> None:
+    """The configs' Result lines (the lessons table) and tests/full_data_check.py's RESULTS are one set of numbers:
+    the range of test accuracy over the seeds its --seeds run measured."""
+    import re
+    import sys
+
+    sys.path.insert(0, str(REPO / "tests"))
+    from full_data_check import RESULTS
+
+    for lesson, (floor, low, high) in RESULTS.items():
+        result = next(line for line in (CONFIGS / f"{lesson}.yaml").read_text().splitlines() if line.startswith("# Result:"))
+        stated = re.search(r"(\d+\.\d\d)–(\d+\.\d\d) % over seeds", result)
+        assert stated is not None, result
+        assert (float(stated.group(1)), float(stated.group(2))) == (round(low * 100, 2), round(high * 100, 2)), lesson
+        mean = float(result.split("# Result: ", 1)[1].split(" %", 1)[0])
+        assert low * 100 <= mean <= high * 100 and floor <= low, lesson
