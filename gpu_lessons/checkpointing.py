@@ -135,8 +135,17 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     """Lightning's checkpoint IO with two guarantees.
 
     * Saving never leaves a partial file where a good checkpoint was (:func:`write_atomically`).
-    * Loading uses :func:`load_checkpoint` (``weights_only=True``).
+    * Loading uses :func:`load_checkpoint` (``weights_only=True``), or takes the checkpoint the CLI has already read
+      and checked (:meth:`hand_over`): one read of the file, and what is restored is what was checked.
     """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._handed_over: Optional[tuple[Path, dict[str, Any]]] = None
+
+    def hand_over(self, path: PathLike, checkpoint: dict[str, Any]) -> None:
+        """The next load of ``path`` returns ``checkpoint`` (read and checked already) instead of reading it again."""
+        self._handed_over = (Path(path).resolve(), checkpoint)
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path: PathLike, storage_options: Optional[Any] = None) -> None:
         if storage_options is not None:
@@ -144,4 +153,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         write_atomically(Path(path), lambda file: torch.save(checkpoint, file))
 
     def load_checkpoint(self, path: PathLike, map_location: Optional[Any] = None, weights_only: Optional[bool] = None) -> dict[str, Any]:
+        handed, self._handed_over = self._handed_over, None
+        if handed is not None and handed[0] == Path(path).resolve() and weights_only is not False:
+            return handed[1]
         return load_checkpoint(path, map_location=map_location or "cpu", weights_only=weights_only)

@@ -28,7 +28,7 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.utilities.exceptions import MisconfigurationException, SIGTERMException
 
 from gpu_lessons import __version__
-from gpu_lessons.checkpointing import ConfinedCheckpoint
+from gpu_lessons.checkpointing import AtomicCheckpointIO, ConfinedCheckpoint
 from gpu_lessons.cli_config import CALLBACKS, DESCRIPTION, LIGHTNING_SUBCOMMANDS, TOOLS, add_lesson_arguments
 from gpu_lessons.config_checks import check_trainer_counts, say_how_the_data_differs, set_model_settings, with_config_files
 from gpu_lessons.cuda import resolve_accelerator
@@ -191,6 +191,8 @@ class LessonCLI(LightningCLI):
             )
         if self.checkpoint is not None:
             check_weights_fit(self.checkpoint, model, self.ckpt_path)
+            if isinstance(self.trainer.strategy.checkpoint_io, AtomicCheckpointIO):
+                self.trainer.strategy.checkpoint_io.hand_over(self.ckpt_path, self.checkpoint)
             if self.subcommand == "fit":
                 check_resumable(self.checkpoint, model, self.ckpt_path, self.trainer.fit_loop.state_dict())
 

@@ -188,7 +188,7 @@ def test_the_cli_reads_a_checkpoint_once_and_lightnings_merge_never_sees_it(
 ) -> None:
     """LightningCLI's own merge of a checkpoint's hyperparameters into the config would read the file again and hand
     its ``class_path`` to jsonargparse; LessonCLI holds ``ckpt_path`` back until that step is over. The file is read
-    twice in all: by the CLI's checks, and by the trainer restoring it."""
+    once in all: the CLI checks it and hands what it checked to the trainer's checkpoint IO, which restores that."""
     monkeypatch.chdir(tmp_path)
     reads, load = [], torch.load
 
@@ -198,5 +198,5 @@ def test_the_cli_reads_a_checkpoint_once_and_lightnings_merge_never_sees_it(
 
     monkeypatch.setattr(torch, "load", counted_load)
     tested = run("test", "regression", "--ckpt_path", str(trained))
-    assert reads.count(trained) == 2
+    assert reads.count(trained) == 1
     assert tested.config.test.ckpt_path == str(trained)  # and the trainer was given it
