@@ -142,3 +142,18 @@ def test_the_course_class_names_build_the_course_networks() -> None:
     dropout = DropoutNet()
     assert dropout.dropout.p == 0.5 and num_parameters(dropout) == 18_049
     assert sorted(dropout.state_dict()) == sorted(OverfitNet().state_dict())
+
+
+def test_a_scheduler_that_refuses_its_settings_is_one_clear_error(tmp_path) -> None:
+    """A factory from Python that is no jsonargparse partial (so the trainer's length cannot be filled in) gets
+    torch's own reason, as a UserError (one error line in the CLI), not a traceback mid-fit."""
+    import lightning as L
+
+    from gpu_lessons.data import LineDataModule
+    from gpu_lessons.errors import UserError
+
+    lesson = RegressionLesson(scheduler=lambda optimizer: torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=0.1))
+    trainer = L.Trainer(max_epochs=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                        default_root_dir=tmp_path)
+    with pytest.raises(UserError, match="the scheduler cannot be built: You must define either total_steps OR"):
+        trainer.fit(lesson, datamodule=LineDataModule())

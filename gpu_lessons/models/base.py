@@ -232,13 +232,17 @@ class Lesson(LightningModule):
         optimizer = self.optimizer_factory(self.parameters())
         if self.scheduler_factory is None:
             return optimizer
-        # A OneCycleLR needs the run's length up front. From a config (jsonargparse gives a partial with every
-        # default filled in) one that leaves it open gets the trainer's; from Python, give total_steps yourself.
-        given = getattr(self.scheduler_factory, "keywords", {})
-        if "total_steps" in given and given["total_steps"] is None and given.get("epochs") is None:
-            scheduler = self.scheduler_factory(optimizer, total_steps=int(self.trainer.estimated_stepping_batches))
-        else:
-            scheduler = self.scheduler_factory(optimizer)
+        # A OneCycleLR needs the run's length up front. From a config (jsonargparse gives a functools.partial with
+        # every default filled in, pinned by tests/test_cli.py) one that leaves it open gets the trainer's; any other
+        # factory is called as it is, and a scheduler that refuses its settings says why in torch's own words.
+        given = getattr(self.scheduler_factory, "keywords", None) or {}
+        try:
+            if "total_steps" in given and given["total_steps"] is None and given.get("epochs") is None:
+                scheduler = self.scheduler_factory(optimizer, total_steps=int(self.trainer.estimated_stepping_batches))
+            else:
+                scheduler = self.scheduler_factory(optimizer)
+        except (ValueError, TypeError) as error:
+            raise UserError(f"the scheduler cannot be built: {error}") from None
         config: dict[str, Any] = {
             "scheduler": scheduler,
             "interval": "step" if isinstance(scheduler, _PER_STEP_SCHEDULERS) else "epoch",
