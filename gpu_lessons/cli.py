@@ -30,7 +30,7 @@ from lightning.pytorch.utilities.exceptions import MisconfigurationException, SI
 from gpu_lessons import __version__
 from gpu_lessons.checkpointing import AtomicCheckpointIO, ConfinedCheckpoint
 from gpu_lessons.cli_config import CALLBACKS, DESCRIPTION, LIGHTNING_SUBCOMMANDS, TOOLS, add_lesson_arguments
-from gpu_lessons.config_checks import check_trainer_counts, say_how_the_data_differs, set_model_settings, with_config_files
+from gpu_lessons.config_checks import check_seed, check_trainer_counts, say_how_the_data_differs, set_model_settings, with_config_files
 from gpu_lessons.cuda import resolve_accelerator
 from gpu_lessons.errors import EXIT_CTRL_C, UserError, exit_code, imported_class, one_line
 from gpu_lessons.models.base import Lesson
@@ -114,6 +114,7 @@ class LessonCLI(LightningCLI):
         subcommand = self.config.get("subcommand")
         config = self.config.get(subcommand) if subcommand else self.config
         config.run_name = checked_run_name(config.run_name or default_run_name(config))
+        check_seed(config.get("seed_everything"))
         if subcommand and config.get("weights_only") is None:
             # Lightning's own read of the checkpoint is then weights-only whatever the plugins or the environment
             # (TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD) say; the run's config.yaml records it. False is refused when read.

@@ -124,3 +124,15 @@ def say_how_the_data_differs(checkpoint: dict[str, Any], config: Namespace, ckpt
     ]
     if changes:
         sys.stderr.write(f"gpu_lessons: the data differs from what {ckpt_path} was trained on: {', '.join(changes)}\n")
+
+
+MAX_SEED = 2**32 - 1  # the seeds Lightning's seed_everything takes (numpy's range)
+
+
+def check_seed(seed: Any) -> None:
+    """``seed_everything`` as Lightning takes it: ``true`` (pick one), ``false``/null (none) or 0 to 2**32 - 1; a larger
+    number would fail inside Lightning with a traceback."""
+    if isinstance(seed, bool) or seed is None:
+        return
+    if not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:
+        raise UserError(f"seed_everything must be true, false or a whole number from 0 to {MAX_SEED}, got {preview(seed)}")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 from typing import Any, Literal, Optional
 
 import torch
@@ -45,6 +47,8 @@ class LineDataModule(TensorDataModule):
         if not train_x or not eval_x or predict_x == []:
             raise ValueError("train_x, eval_x and predict_x need at least one value each")
         self.check_size(len(train_x) + len(eval_x) + len(predict_x or ()), "train_x, eval_x and predict_x")
+        if not all(math.isfinite(x) for x in (*train_x, *eval_x, *(predict_x or ()))):
+            raise ValueError("train_x, eval_x and predict_x must be finite numbers (1e400 is infinite in Python)")
         if noise < 0:
             raise ValueError(f"noise must be >= 0, got {noise}")
         self.save_hyperparameters()

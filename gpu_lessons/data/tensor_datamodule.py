@@ -10,12 +10,13 @@ from torch import Tensor
 from torch.utils.data import TensorDataset
 
 from gpu_lessons.data.batches import EpochPermutation, ResumableDataLoader
-from gpu_lessons.errors import UserError
+from gpu_lessons.errors import UserError, preview
 
 Split = tuple[Tensor, ...]
 
 # The course's synthetic lessons use a few hundred numbers; 100 million (400 MB of float32) is far past any of them.
 MAX_VALUES = 100_000_000
+MAX_SEED = 2**32 - 1  # what seed_everything takes (numpy's range); the data's generators take the same
 
 
 class TensorDataModule(LightningDataModule):
@@ -57,6 +58,8 @@ class TensorDataModule(LightningDataModule):
         for name, value in (("batch_size", batch_size), ("eval_batch_size", eval_batch_size)):
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
                 raise ValueError(f"{name} must be a positive integer or null, got {value!r}")
+        if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:
+            raise ValueError(f"seed must be a whole number from 0 to {MAX_SEED}, got {preview(seed)}")
         if isinstance(steps_per_epoch, bool) or not isinstance(steps_per_epoch, int) or steps_per_epoch < 1:
             raise ValueError(f"steps_per_epoch must be a positive integer, got {steps_per_epoch!r}")
         if steps_per_epoch > 1 and batch_size is not None:
