@@ -7,23 +7,30 @@ the scheduler, the number of steps) and prints the loss as the course does. ``--
 lesson from the same starting point and shows that both end with the same weights: bit-identical on the CPU for every
 full-batch lesson, because Lightning runs the same five lines (it does zero_grad, backward and step for the loss the
 lesson's ``training_step`` returns).
+
+The MNIST lessons' course loop (its steps 10 and 12: torchvision's ``ToTensor`` and a ``DataLoader`` of batch 32,
+Adam at 1e-3, 5 epochs) is :func:`course_mnist_loop`; ``gpu-lessons course cnn --data_dir DIR --compare`` puts its
+test accuracy beside the shipped config's (other settings by design, so side by side rather than to the bit).
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
+import sys
 import time
-from typing import Callable, Optional
+from pathlib import Path
+from typing import Callable, Optional, Union
 
 import torch
 from torch import Tensor, nn
 from torch.optim.lr_scheduler import ReduceLROnPlateau
 
-from gpu_lessons.errors import CommandParser, run_command
+from gpu_lessons.errors import CommandParser, UserError, run_command
 
-# The lessons the course trains full-batch with its plain loop (the MNIST ones use a DataLoader: benchmarks/).
+# The lessons the course trains full-batch with its plain loop, and those it trains on MNIST with a DataLoader.
 FULL_BATCH_LESSONS = ("regression", "activations", "classifier", "overfit", "dropout", "step_lr", "plateau")
+MNIST_LESSONS = ("mlp", "cnn", "mnist_classifier")
 LossFn = Callable[[Tensor, Tensor], Tensor]
 
 
@@ -57,6 +64,49 @@ def course_loop(
     return loss.item()
 
 
+def course_mnist_loop(
+    model: nn.Module, data_dir: Union[str, Path], device: Union[str, torch.device] = "cpu", epochs: int = 5,
+    print_loss: bool = True,
+) -> tuple[float, float]:
+    """The course's MNIST loop (steps 10 and 12), as written there: ``ToTensor`` pixels in [0, 1], a shuffled
+    ``DataLoader`` of batch 32, Adam at 1e-3, cross-entropy, ``epochs`` epochs. Returns the training seconds and the
+    test accuracy. ``data_dir`` holds ``MNIST/raw``."""
+    from torch.utils.data import DataLoader
+    from torchvision import datasets, transforms
+
+    to_tensor = transforms.ToTensor()
+    train = datasets.MNIST(data_dir, train=True, download=False, transform=to_tensor)
+    test = datasets.MNIST(data_dir, train=False, download=False, transform=to_tensor)
+    train_loader = DataLoader(train, batch_size=32, shuffle=True)
+    test_loader = DataLoader(test, batch_size=32, shuffle=False)
+    model = model.to(device)
+    loss_fn = nn.CrossEntropyLoss()
+    optimizer = torch.optim.Adam(model.parameters(), lr=0.001)
+    started = time.perf_counter()
+    for epoch in range(epochs):
+        model.train()
+        total_loss = 0.0
+        for images, labels in train_loader:
+            images, labels = images.to(device), labels.to(device)
+            loss = loss_fn(model(images), labels)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            total_loss += loss.item()
+        if print_loss:
+            print(f"Epoch {epoch + 1}, Loss: {total_loss / len(train_loader):.4f}")
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize(device)
+    seconds = time.perf_counter() - started
+    model.eval()
+    correct = 0
+    with torch.no_grad():
+        for images, labels in test_loader:
+            images, labels = images.to(device), labels.to(device)
+            correct += (model(images).argmax(dim=1) == labels).sum().item()
+    return seconds, correct / len(test)
+
+
 def lesson_loss(lesson: nn.Module) -> LossFn:
     """The lesson's loss as a plain ``loss_fn(prediction, y)``: its criterion, on logits squeezed to one per sample for
     a binary lesson (the course's sigmoid and BCELoss, in their numerically stable form, BCEWithLogitsLoss)."""
@@ -67,7 +117,7 @@ def lesson_loss(lesson: nn.Module) -> LossFn:
     return lesson.criterion
 
 
-def _built(name: str):  # -> LessonCLI, imported here: ``gpu-lessons course --help`` stays quick
+def _built(name: str, *extra: str):  # -> LessonCLI, imported here: ``gpu-lessons course --help`` stays quick
     from gpu_lessons.cli import LessonCLI
     from gpu_lessons.lessons import config_path
     from gpu_lessons.progress import quiet_lightning
@@ -79,10 +129,12 @@ def _built(name: str):  # -> LessonCLI, imported here: ``gpu-lessons course --he
     ]
     quiet_lightning()
     # nothing to keep: no logs, checkpoints, pictures or config.yaml (Lightning would write it into this folder)
-    return LessonCLI(args=["--config", config_path(name), *quiet], run=False, save_config_callback=None)
+    return LessonCLI(args=["--config", config_path(name), *quiet, *extra], run=False, save_config_callback=None)
 
 
 def _course(args: argparse.Namespace) -> int:
+    if args.lesson in MNIST_LESSONS:
+        return _course_mnist(args)
     cli = _built(args.lesson)
     lesson, data, trainer = cli.model, cli.datamodule, cli.trainer
     data.setup("fit")
@@ -112,13 +164,55 @@ def _course(args: argparse.Namespace) -> int:
     return 1
 
 
+def _course_mnist(args: argparse.Namespace) -> int:
+    if args.data_dir is None:
+        raise UserError(f"course {args.lesson}: give --data_dir, the folder whose MNIST/raw holds the four MNIST files")
+    torch.manual_seed(42)
+    cli = _built(
+        args.lesson, "--data.init_args.data_dir", str(args.data_dir), "--data.init_args.download", "false",
+        *args.lesson_options,
+    )
+    net = type(cli.model.net)()  # the course's network, fresh: its own loop, its own settings
+    print(f"the course's loop: {args.lesson}, {type(net).__name__}, {args.epochs} epochs of batch 32, Adam 1e-3 (CPU)")
+    seconds, accuracy = course_mnist_loop(net, args.data_dir, "cpu", args.epochs)
+    print(f"course loop: {seconds:.1f} s, test accuracy {accuracy:.2%}")
+    if not args.compare:
+        return 0
+    started = time.perf_counter()
+    cli.trainer.fit(cli.model, datamodule=cli.datamodule)
+    seconds = time.perf_counter() - started
+    cli.trainer.test(cli.model, datamodule=cli.datamodule, verbose=False)
+    lesson_accuracy = float(cli.trainer.callback_metrics["test/acc"])
+    print(f"Lightning lesson, shipped config ({cli.trainer.max_epochs} epochs, batch {cli.datamodule.batch_size}): "
+          f"{seconds:.1f} s, test accuracy {lesson_accuracy:.2%}")
+    return 0
+
+
 def main(argv: Optional[list[str]] = None, prog: str = "gpu-lessons course") -> int:
     """``gpu-lessons course LESSON [--compare]``: its exit code (:mod:`gpu_lessons.errors`); 1 if ``--compare``
     finds different weights."""
     parser = CommandParser(prog=prog, description=__doc__.split("\n\n")[1].replace("\n", " "))
-    parser.add_argument("lesson", choices=FULL_BATCH_LESSONS, help="the lesson whose course loop to run")
-    parser.add_argument("--compare", action="store_true", help="also train the Lightning lesson and compare the weights")
-    return run_command(lambda: _course(parser.parse_args(argv)))
+    parser.add_argument("lesson", choices=FULL_BATCH_LESSONS + MNIST_LESSONS, help="the lesson whose course loop to run")
+    parser.add_argument("--compare", action="store_true", help="also train the Lightning lesson: the same weights (full "
+                        "batch) or the test accuracies side by side (MNIST)")
+    parser.add_argument("--data_dir", type=Path, help="MNIST lessons: the folder whose MNIST/raw holds the files")
+    parser.add_argument("--epochs", type=_positive, default=5, help="MNIST lessons: the course loop's epochs (5)")
+    parser.epilog = "Options after -- go to the Lightning lesson (MNIST lessons), e.g. -- --trainer.max_epochs 2."
+    argv = sys.argv[1:] if argv is None else argv
+    split = argv.index("--") if "--" in argv else len(argv)
+
+    def course() -> int:
+        args = parser.parse_args(argv[:split])
+        args.lesson_options = argv[split + 1 :]
+        return _course(args)
+
+    return run_command(course)
+
+
+def _positive(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive whole number, got {text!r}")
+    return int(text)
 
 
 if __name__ == "__main__":

@@ -44,3 +44,23 @@ def test_the_course_loop_is_the_courses_five_lines() -> None:
     loss = course_loop(model, X, 2 * X + 1, torch.nn.MSELoss(), torch.optim.Adam(model.parameters(), lr=0.01), 1000)
     assert loss < 1e-3
     assert model(torch.tensor([[10.0]])).item() == pytest.approx(21.0, abs=0.1)
+
+
+def test_the_mnist_course_loop_and_the_lesson_are_shown_side_by_side(
+    tiny_mnist: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    """The course's steps 10/12 loop (ToTensor, batch 32, Adam 1e-3) against the shipped config, on the suite's small
+    IDX files: both accuracies printed, nothing written."""
+    monkeypatch.chdir(tmp_path)
+    assert main(["mlp", "--data_dir", str(tiny_mnist), "--epochs", "1", "--compare", "--", "--data.init_args.val_size", "100"]) == 0
+    out = capsys.readouterr().out
+    assert "Epoch 1, Loss: " in out  # the course's own log line
+    course = float(out.split("course loop: ")[1].split("test accuracy ")[1].split("%")[0])
+    lesson = float(out.split("Lightning lesson, shipped config (5 epochs, batch 512): ")[1].split("test accuracy ")[1].split("%")[0])
+    assert 0 <= course <= 100 and lesson > 50  # 10 bright squares: the lesson learns them
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_an_mnist_course_loop_needs_its_data(capsys) -> None:
+    assert main(["cnn"]) == 2
+    assert "course cnn: give --data_dir" in capsys.readouterr().err
