@@ -95,7 +95,7 @@ def test_lessons_command_lists_every_lesson(capsys) -> None:
     out = capsys.readouterr().out
     listed = [line.split()[0] for line in out.splitlines() if line and not line.startswith(" ")][:-1]
     assert listed == list(lessons.shipped_configs())
-    assert "CNN (52,138)" in out and "99.06 % test accuracy" in out
+    assert "CNN (52,138)" in out and "99.06 % mean test accuracy" in out
 
 
 def test_copy_writes_the_config_here_and_never_over_a_file(tmp_path: Path, monkeypatch, capsys) -> None:
