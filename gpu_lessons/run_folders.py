@@ -19,6 +19,7 @@ from gpu_lessons.safe_checkpoints import load_checkpoint
 
 RUN_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
 VERSION = re.compile(r"version_(\d+)")
+MAX_CLAIMS = 1000  # version numbers tried one after another by runs started at the same moment
 
 
 class RunFolders:
@@ -86,21 +87,24 @@ class RunFolders:
                 self._note_new(new)
 
     def _note_new(self, folder: Path) -> None:
-        """Remember the topmost folder this run will create for ``folder`` (``checkpoints/<run>`` on its first run),
-        to remove if it fails before saving anything."""
-        while not folder.parent.exists() and folder.parent != folder.parent.parent:
-            folder = folder.parent
-        if not folder.exists() and folder not in self._new:
-            self._new.append(folder)
+        """Remember ``folder`` if this run will create it, and the parents it will create with it: removed if the run
+        fails before saving anything (the folder whole; a parent, which another run may share, only while empty)."""
+        if folder.exists() or folder in self._new:
+            return
+        self._new.append(folder)
+        self._new_parents += [parent for parent in folder.parents if not parent.exists()]
 
     def _claim_version(self, *roots: Optional[Path]) -> int:
         """The next N whose ``version_N`` is free under every root, claimed by creating those folders: ``mkdir``
         fails where a run started at the same moment took N first, and this run then tries N + 1."""
-        version = next_version(*roots)
-        while True:
+        unique = list({root.resolve(): root for root in roots if root is not None}.values())  # logs beside checkpoints
+        for root in unique:
+            ensure_writable(root, "the run's folders")
+        version = next_version(*unique)
+        for _ in range(MAX_CLAIMS):
             made: list[Path] = []
             try:
-                for root in filter(None, roots):
+                for root in unique:
                     claimed = root / version_folder(version)
                     # parents another run may share: removed on failure only while empty (rmdir, never rmtree)
                     self._new_parents += [folder for folder in (root, *root.parents) if not folder.exists()]
@@ -110,9 +114,14 @@ class RunFolders:
                 self._new += made
                 return version
             except FileExistsError:
-                for claimed in made:
-                    claimed.rmdir()
-                version += 1
+                if not claimed.is_dir():  # a file where the folder would go: no later N would do better
+                    raise UserError(f"cannot make the run's folder {claimed}: a file is in the way") from None
+            finally:
+                if len(made) < len(unique):  # this N was taken (or the claim was interrupted): undo its half
+                    for folder in made:
+                        folder.rmdir()
+            version += 1
+        raise UserError(f"no free version_N found in {MAX_CLAIMS} tries under {', '.join(map(str, unique))}")
 
     @staticmethod
     def _log_folder(config: Namespace) -> Optional[Path]:

@@ -178,3 +178,34 @@ def test_ctrl_c_exits_130_saying_what_was_kept_and_how_to_resume(workdir: Path, 
         last = "checkpoints/step_lr/version_0/last.ckpt"
         assert f"on Ctrl-C, kept {last} (the latest finished epoch); resume with `fit --ckpt_path {last}`" in err
         assert load_checkpoint(workdir / last)["epoch"] == epoch - 1
+
+
+def test_logs_in_the_checkpoint_folder_share_one_claimed_version(workdir: Path) -> None:
+    """The logger's root can be the checkpoints' own (save_dir checkpoints): one folder to claim, not two that always
+    clash (the claim once looped for ever there)."""
+    cli = run("fit", "step_lr", "--trainer.max_epochs", "1", "--trainer.logger.init_args.save_dir", "checkpoints")
+    assert Path(cli.trainer.checkpoint_callback.dirpath).resolve() == Path(cli.trainer.logger.log_dir).resolve()
+    assert sorted(p.name for p in (workdir / "checkpoints/step_lr").iterdir()) == ["version_0"]
+
+
+def test_a_file_where_the_log_folder_goes_is_one_error_line(workdir: Path, capsys) -> None:
+    (workdir / "lightning_logs").mkdir()
+    (workdir / "lightning_logs/step_lr").write_text("not a folder")
+    with pytest.raises(SystemExit) as exit_info:
+        run("fit", "step_lr", "--trainer.max_epochs", "1")
+    assert exit_info.value.code == 2
+    assert "lightning_logs/step_lr is a file, not a folder" in capsys.readouterr().err
+    assert sorted(p.name for p in workdir.iterdir()) == ["lightning_logs"]  # no checkpoints/ left behind
+
+
+def test_a_failed_run_never_removes_a_folder_another_run_claimed_meanwhile(workdir: Path, monkeypatch) -> None:
+    """A run that fails before saving removes only what it made: a parent folder it created is removed only while
+    empty, so another run's version folder made inside it meanwhile stays."""
+    from gpu_lessons.run_folders import RunFolders
+
+    folders = RunFolders()
+    folders._note_new(workdir / "checkpoints/cnn/mine")
+    (workdir / "checkpoints/cnn/mine").mkdir(parents=True)
+    (workdir / "checkpoints/cnn/version_0").mkdir()  # another run's claim, not yet saved into
+    folders.remove_if_nothing_saved()
+    assert sorted(p.name for p in (workdir / "checkpoints/cnn").iterdir()) == ["version_0"]
