@@ -52,14 +52,14 @@ def checked_model_checkpoint_state(state: Any, expected_keys: typing.Collection[
         raise CheckpointError(f"{source}: its state has no {' or '.join(missing)}")
     for key, value in state.items():
         if key in _PATH_KEYS or key in ("dirpath", "monitor"):
-            fine = isinstance(value, str) or (value is None and key in ("dirpath", "monitor"))
+            fine = (isinstance(value, str) and "\x00" not in value) or (value is None and key in ("dirpath", "monitor"))
         elif key in _SCORE_KEYS:
             fine = value is None or _is_score(value)
         elif key == "best_k_models":
             fine = (
                 isinstance(value, dict)
                 and len(value) <= MAX_SAVED_CHECKPOINTS
-                and all(isinstance(path, str) and _is_score(score) for path, score in value.items())
+                and all(isinstance(path, str) and "\x00" not in path and _is_score(score) for path, score in value.items())
             )
         else:  # a key a newer Lightning keeps: plain values only
             fine = isinstance(value, _PLAIN_SCALARS) or _is_score(value)

@@ -17,6 +17,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from gpu_lessons.atomic_files import PathLike, write_atomically
 from gpu_lessons.checkpoint_states import checked_model_checkpoint_state
+from gpu_lessons.errors import CheckpointError
 from gpu_lessons.progress import shown
 from gpu_lessons.safe_checkpoints import load_checkpoint
 
@@ -59,19 +60,30 @@ class ConfinedCheckpoint(ModelCheckpoint):
     def _own_file(self, path: str) -> Optional[str]:
         """``path`` as this callback spells its files, if it is one of them (see the class docstring), else None."""
         assert self.dirpath is not None
-        if not path or len(path) > 4096 or "://" in path:
+        if not _plain_path(path):
             return None
         candidate = Path(path)
-        if candidate.is_symlink() or candidate.suffix != ".ckpt":
-            return None
-        resolved = candidate.resolve()
-        if resolved.parent != Path(self.dirpath).resolve() or (resolved.exists() and not resolved.is_file()):
+        try:
+            if candidate.is_symlink() or candidate.suffix != ".ckpt":
+                return None
+            resolved = candidate.resolve()
+            if resolved.parent != Path(self.dirpath).resolve() or (resolved.exists() and not resolved.is_file()):
+                return None
+        except (OSError, ValueError):  # a link loop, a name too long: not a file of this folder
             return None
         return os.path.join(self.dirpath, resolved.name)
 
 
+def _plain_path(path: str) -> bool:
+    """A local path the OS can take: no URL (fsspec would act on it elsewhere), no NUL byte, not absurdly long."""
+    return bool(path) and len(path) <= 4096 and "://" not in path and "\x00" not in path
+
+
 def _same_folder(recorded: str, folder: str) -> bool:
-    return len(recorded) <= 4096 and "://" not in recorded and Path(recorded).resolve() == Path(folder).resolve()
+    try:
+        return _plain_path(recorded) and Path(recorded).resolve() == Path(folder).resolve()
+    except (OSError, ValueError):
+        return False
 
 
 class LessonCheckpoint(ConfinedCheckpoint):
@@ -154,6 +166,8 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
     def load_checkpoint(self, path: PathLike, map_location: Optional[Any] = None, weights_only: Optional[bool] = None) -> dict[str, Any]:
         handed, self._handed_over = self._handed_over, None
-        if handed is not None and handed[0] == Path(path).resolve() and weights_only is not False:
-            return handed[1]
-        return load_checkpoint(path, map_location=map_location or "cpu", weights_only=weights_only)
+        if handed is None:
+            return load_checkpoint(path, map_location=map_location or "cpu", weights_only=weights_only)
+        if handed[0] != Path(path).resolve():  # not the checked file: never an unchecked one in its place
+            raise CheckpointError(f"{path} is not the checkpoint that was checked ({handed[0]}); nothing was loaded")
+        return handed[1]

@@ -19,6 +19,7 @@ from __future__ import annotations
 import importlib
 import signal
 import sys
+import threading
 from typing import Any, Optional
 
 from jsonargparse import Namespace
@@ -247,14 +248,21 @@ def cli_main(args: Optional[list[str]] = None) -> LessonCLI:
     """Run fit, validate, test or predict (``args`` instead of ``sys.argv`` lets tests drive it in-process): the
     LessonCLI, or, for a problem the user can fix, ``SystemExit`` with its exit code after its one error line."""
     quiet_lightning()
-    previous = signal.signal(signal.SIGTERM, _stop_on_sigterm) if signal.getsignal(signal.SIGTERM) == signal.SIG_DFL else None
+    main_thread = threading.current_thread() is threading.main_thread()  # signal handlers can only be set there
+    previous = (
+        signal.signal(signal.SIGTERM, _stop_on_sigterm)
+        if main_thread and signal.getsignal(signal.SIGTERM) == signal.SIG_DFL else None
+    )
     pressed: list[int] = []
 
     def ctrl_c(signum: int, frame: Any) -> None:
         pressed.append(signum)  # Lightning turns a Ctrl-C inside a stage into its own exit(1): remember it was one
         raise KeyboardInterrupt
 
-    sigint = signal.signal(signal.SIGINT, ctrl_c) if signal.getsignal(signal.SIGINT) is signal.default_int_handler else None
+    sigint = (
+        signal.signal(signal.SIGINT, ctrl_c)
+        if main_thread and signal.getsignal(signal.SIGINT) is signal.default_int_handler else None
+    )
     try:
         return LessonCLI(args=args)
     except BaseException as error:

@@ -4,13 +4,14 @@ them chooses code, and every part is checked before Lightning or the lesson acts
 from __future__ import annotations
 
 import inspect
+import os
 import pickle
 import stat
 import types
 import typing
 import zipfile
 from pathlib import Path
-from typing import Any, Literal, Optional, TypeVar, Union
+from typing import IO, Any, Literal, Optional, TypeVar, Union
 
 import torch
 from lightning.pytorch import LightningModule
@@ -51,27 +52,10 @@ def load_checkpoint(path: PathLike, map_location: Any = "cpu", weights_only: Opt
     if weights_only is False:
         raise CheckpointError("gpu_lessons loads checkpoints with weights_only=True only")
     path = Path(path)
-    _check_is_a_file(path)
-    try:
-        with zipfile.ZipFile(path) as archive:  # torch.save's format; a truncated file loses its zip directory
-            compressed = [entry.filename for entry in archive.infolist() if entry.compress_type != zipfile.ZIP_STORED]
-    except (zipfile.BadZipFile, OSError, ValueError):
-        raise CheckpointError(f"{path} is not a readable PyTorch checkpoint (truncated, or another kind of file)") from None
-    if compressed:
-        raise CheckpointError(
-            f"{path}: refusing to load it: {preview(compressed[0])} is compressed, which torch.save never does (a small "
-            "compressed entry can unpack to gigabytes)"
-        )
-    try:
-        checkpoint = torch.load(path, map_location=map_location, weights_only=True)
-    except pickle.UnpicklingError as error:
-        reason = str(error).strip().splitlines()[0]
-        raise CheckpointError(
-            f"{path}: refusing to load it: it holds Python objects other than tensors and plain data, which could "
-            f"run code when unpickled ({preview(reason, 200)})"
-        ) from None
-    except Exception as error:  # a damaged archive fails in many ways; all mean the same to the user
-        raise CheckpointError(f"{path} is not a readable PyTorch checkpoint ({type(error).__name__}: {preview(error, 200)})") from None
+    with _open_regular_file(path) as file:  # one open file for the checks and the load: nothing swaps in between
+        _check_archive(file, path)
+        file.seek(0)
+        checkpoint = _unpickled(file, path, map_location)
     if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
         raise CheckpointError(f"{path} is a PyTorch file but not a Lightning checkpoint (it has no state_dict)")
     check_bounded(checkpoint, path)
@@ -82,19 +66,49 @@ def load_checkpoint(path: PathLike, map_location: Any = "cpu", weights_only: Opt
     return checkpoint
 
 
-def _check_is_a_file(path: Path) -> None:
-    """A regular file, or a :class:`CheckpointError` saying what is there instead (a FIFO or ``/dev/zero`` would
-    block or never end)."""
+def _check_archive(file: Any, path: Path) -> None:
+    """torch.save's zip format, its entries stored as torch.save stores them (a truncated file loses its directory)."""
     try:
-        mode = path.stat().st_mode
+        with zipfile.ZipFile(file) as archive:
+            compressed = [entry.filename for entry in archive.infolist() if entry.compress_type != zipfile.ZIP_STORED]
+    except (zipfile.BadZipFile, OSError, ValueError):
+        raise CheckpointError(f"{path} is not a readable PyTorch checkpoint (truncated, or another kind of file)") from None
+    if compressed:
+        raise CheckpointError(
+            f"{path}: refusing to load it: {preview(compressed[0])} is compressed, which torch.save never does (a small "
+            "compressed entry can unpack to gigabytes)"
+        )
+
+
+def _unpickled(file: Any, path: Path, map_location: Any) -> Any:
+    try:
+        return torch.load(file, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as error:
+        reason = str(error).strip().splitlines()[0]
+        raise CheckpointError(
+            f"{path}: refusing to load it: it holds Python objects other than tensors and plain data, which could "
+            f"run code when unpickled ({preview(reason, 200)})"
+        ) from None
+    except Exception as error:  # a damaged archive fails in many ways; all mean the same to the user
+        raise CheckpointError(f"{path} is not a readable PyTorch checkpoint ({type(error).__name__}: {preview(error, 200)})") from None
+
+
+def _open_regular_file(path: Path) -> IO[bytes]:
+    """``path`` opened for reading if it is a regular file, else a :class:`CheckpointError` saying what is there (a
+    FIFO or ``/dev/zero`` would block or never end). Opened without blocking and checked on the open file itself."""
+    try:
+        descriptor = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0))
     except FileNotFoundError:
         what = "a symbolic link to nothing" if path.is_symlink() else "no such checkpoint file"
         raise CheckpointError(f"{path}: {what}") from None
     except OSError as error:  # ELOOP: a symbolic link loop; ENOTDIR, ENAMETOOLONG, EACCES: say which
         raise CheckpointError(f"{path}: cannot read it ({error.strerror})") from None
+    mode = os.fstat(descriptor).st_mode
     if not stat.S_ISREG(mode):
+        os.close(descriptor)
         what = "a folder" if stat.S_ISDIR(mode) else "a FIFO" if stat.S_ISFIFO(mode) else "a device or other special file"
         raise CheckpointError(f"{path} is {what}, not a checkpoint file")
+    return os.fdopen(descriptor, "rb")
 
 
 def check_bounded(checkpoint: Any, source: object) -> None:
@@ -130,10 +144,21 @@ def check_bounded(checkpoint: Any, source: object) -> None:
 
 
 def _is_ordinary(tensor: torch.Tensor) -> bool:
-    if tensor.layout != torch.strided or tensor.is_meta:
+    """Dense, real (not meta, quantized or complex), and no two elements in one place (an expanded tensor, or one
+    whose strides overlap: in-place updates would then be silently wrong)."""
+    if tensor.layout != torch.strided or tensor.is_meta or tensor.is_quantized or tensor.is_complex():
         return False
-    # an expanded tensor repeats one element along a dimension of stride 0
-    return all(stride != 0 or size <= 1 for size, stride in zip(tensor.shape, tensor.stride()))
+    if tensor.numel() <= 1:
+        return True
+    extent = 1 + sum((size - 1) * abs(stride) for size, stride in zip(tensor.shape, tensor.stride()) if size > 1)
+    # every element at its own offset needs the offsets to span at least numel; with sorted strides, none may overlap
+    dims = sorted((abs(stride), size) for size, stride in zip(tensor.shape, tensor.stride()) if size > 1)
+    reach = 1
+    for stride, size in dims:
+        if stride < reach:
+            return False
+        reach = stride * size
+    return extent >= tensor.numel()
 
 
 def checked_hyperparameters(checkpoint: dict[str, Any], base: type[T], source: object) -> tuple[type[T], dict[str, Any]]:

@@ -148,13 +148,11 @@ POSITION_KEYS = {"epoch": 0, "batches_trained": 0, "batch_size": 1, "passes": 1}
 
 def check_position(state: Any, source: object = "the checkpoint") -> None:
     """A checkpoint's position in the epoch, as :meth:`EpochPermutation.state_dict` writes it, or a
-    :class:`CheckpointError`: counts for ``epoch`` and ``batches_trained``, a positive ``batch_size`` (or none: the
-    full batch) and ``passes``, nothing else."""
+    :class:`CheckpointError`: counts for ``epoch`` and ``batches_trained``, a positive ``batch_size`` (a full batch is
+    recorded as its size) and ``passes``, nothing else."""
     if not isinstance(state, dict) or not {"epoch", "batches_trained"} <= set(state) <= set(POSITION_KEYS):
         raise CheckpointError(f"{source}: its position in the epoch is damaged: {preview(state)}")
     for key, value in state.items():
-        if value is None and key == "batch_size":
-            continue
         if isinstance(value, bool) or not isinstance(value, int) or not POSITION_KEYS[key] <= value <= 2**53:
             raise CheckpointError(f"{source}: its position in the epoch is damaged: its {key} is {preview(value)}")
 

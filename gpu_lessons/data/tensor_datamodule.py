@@ -119,8 +119,9 @@ class TensorDataModule(LightningDataModule):
             dataset,
             batch_size=self.batch_size if train else self.eval_batch_size,
             # a full batch holds every sample whatever the order: in the stored order, as the course's loops take it,
-            # its steps are the course loop's to the bit (gpu_lessons.course)
-            shuffle=train and self.batch_size is not None,
+            # its steps are the course loop's to the bit (gpu_lessons.course); under DDP equal shards leave a remainder
+            # out, which shuffling makes another each epoch
+            shuffle=train and (self.batch_size is not None or num_replicas > 1),
             seed=self.seed,
             rank=rank,
             num_replicas=num_replicas,
