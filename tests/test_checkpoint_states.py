@@ -115,6 +115,9 @@ DAMAGED_STATES: dict[str, tuple[Callable[[dict[str, Any]], dict[str, Any]], str]
     "a string best_model_score": (
         lambda t: _with_state(t, "LessonCheckpoint", lambda s: s.update(best_model_score="0.1")), "its best_model_score is '0.1'"
     ),
+    "a NUL byte in a recorded folder": (
+        lambda t: _with_state(t, "ModelCheckpoint", lambda s: s.update(dirpath=s["dirpath"] + "\x00")), "its dirpath is"
+    ),
     "a path that is not a string": (
         lambda t: _with_state(t, "ModelCheckpoint", lambda s: s.update(best_model_path=["/etc"])), "its best_model_path is"
     ),
@@ -193,6 +196,17 @@ OVERSIZED: dict[str, tuple[Callable[[dict[str, Any]], dict[str, Any]], str]] = {
     ),
     "an expanded tensor": (
         lambda t: {**t, "state_dict": {**t["state_dict"], "net.0.bias": torch.zeros(1).expand(8)}}, "only dense tensors"
+    ),
+    "a quantized tensor": (
+        lambda t: {**t, "state_dict": {**t["state_dict"], "net.0.bias": torch.quantize_per_tensor(torch.zeros(8), 0.1, 0, torch.qint8)}},
+        "only dense tensors",
+    ),
+    "a complex tensor": (
+        lambda t: {**t, "state_dict": {**t["state_dict"], "net.0.bias": torch.zeros(8, dtype=torch.complex64)}}, "only dense tensors"
+    ),
+    "a tensor whose elements overlap": (
+        lambda t: {**t, "state_dict": {**t["state_dict"], "net.0.weight": torch.zeros(9).as_strided((3, 3), (1, 1))}},
+        "only dense tensors",
     ),
     "a sparse tensor of the right shape": (
         lambda t: {**t, "state_dict": {**t["state_dict"], "net.0.bias": torch.zeros(8).to_sparse()}}, "only dense tensors"
@@ -290,6 +304,7 @@ UNRESUMABLE: dict[str, tuple[Callable[[dict[str, Any]], None], str]] = {
     ),
     "batches_trained -1": (lambda c: _position(c).update(batches_trained=-1), "position in the epoch is damaged: its batches_trained is -1"),
     "batch_size 0": (lambda c: _position(c).update(batch_size=0), "its batch_size is 0"),
+    "batch_size null": (lambda c: _position(c).update(batch_size=None), "its batch_size is None"),
     "a position without batches_trained": (lambda c: _position(c).pop("batches_trained"), "position in the epoch is damaged"),
 }
 
@@ -314,3 +329,19 @@ def test_a_resume_into_a_new_version_folder_shows_no_dirpath_warning(trained: di
         warnings.simplefilter("always")
         run("fit", "regression", "--ckpt_path", "downloaded.ckpt", "--trainer.max_epochs", "3")
     assert not [w for w in caught if "dirpath has changed" in str(w.message)]
+
+
+def test_the_checkpoint_io_never_reads_another_file_in_place_of_the_checked_one(trained: dict[str, Any], tmp_path: Path) -> None:
+    """The CLI hands the checkpoint it checked to the IO plugin; a load of any other path then is an error, not an
+    unchecked read (a link re-pointed between the check and the restore, say)."""
+    from gpu_lessons.checkpointing import AtomicCheckpointIO
+
+    torch.save(trained, tmp_path / "checked.ckpt")
+    torch.save(trained, tmp_path / "other.ckpt")
+    io = AtomicCheckpointIO()
+    io.hand_over(tmp_path / "checked.ckpt", {"state_dict": {}, "marker": "checked"})
+    with pytest.raises(CheckpointError, match="is not the checkpoint that was checked"):
+        io.load_checkpoint(tmp_path / "other.ckpt")
+    io.hand_over(tmp_path / "checked.ckpt", {"state_dict": {}, "marker": "checked"})
+    assert io.load_checkpoint(tmp_path / "checked.ckpt")["marker"] == "checked"  # no second read of the file
+    assert io.load_checkpoint(tmp_path / "checked.ckpt")["state_dict"].keys() == trained["state_dict"].keys()  # used once
