@@ -193,6 +193,58 @@ def check_resumable(
                 f"{source} is damaged: its optimizer's {key} is {preview(groups[0][key])}, not like {type(probe).__name__}'s "
                 f"{preview(default)}"
             )
+    _check_scheduler_states(checkpoint.get("lr_schedulers", []), model, probe, source)
+
+
+def _check_scheduler_states(states: list[Any], model: torch.nn.Module, optimizer: Any, source: object) -> None:
+    """The saved LR scheduler states have the configured scheduler's keys and kinds of values (its strings, such as
+    ReduceLROnPlateau's mode, the configured ones): torch copies them onto the scheduler unchecked, and a wrong one
+    fails mid-run."""
+    factory = getattr(model, "scheduler_factory", None)
+    if factory is None:
+        if states:
+            raise CheckpointError(f"{source} holds {len(states)} LR scheduler states; {type(model).__name__} has no scheduler")
+        return
+    given = getattr(factory, "keywords", None) or {}
+    length = {"total_steps": 1} if given.get("total_steps", 0) is None and given.get("epochs") is None else {}
+    try:
+        fresh = factory(optimizer, **length).state_dict()
+    except Exception:  # a scheduler that cannot be built here says why when the fit builds it
+        return
+    if len(states) != 1:
+        raise CheckpointError(f"{source} holds {len(states)} LR scheduler states; {type(model).__name__} has one scheduler")
+    _check_like(states[0], fresh, "lr_schedulers[0]", source)
+
+
+def _check_like(saved: Any, fresh: Any, where: str, source: object) -> None:
+    """``saved`` is shaped as ``fresh`` is: the same keys, list lengths, strings, and kinds of numbers."""
+    if isinstance(fresh, dict):
+        fine = isinstance(saved, dict) and set(saved) == set(fresh)
+    elif isinstance(fresh, (list, tuple)):
+        fine = isinstance(saved, (list, tuple)) and len(saved) == len(fresh)
+    elif isinstance(fresh, str):
+        fine = saved == fresh
+    else:
+        fine = _like(saved, fresh) and (fresh is not None or saved is None or isinstance(saved, (int, float)))
+    if not fine:
+        raise CheckpointError(f"{source} is damaged: its {where} is {preview(saved)}, where the configured one has {preview(fresh)}")
+    if isinstance(fresh, dict):
+        for key in fresh:
+            _check_like(saved[key], fresh[key], f"{where}.{key}", source)
+    elif isinstance(fresh, (list, tuple)):
+        for i, (item, expected) in enumerate(zip(saved, fresh)):
+            _check_like(item, expected, f"{where}[{i}]", source)
+
+
+def check_stage_loop(checkpoint: dict[str, Any], stage: str, fresh: dict[str, Any], source: object) -> None:
+    """For validate, test or predict: the stage's own loop state, which Lightning restores from a checkpoint that has
+    loops (one without them, weights only, restores none)."""
+    loops = checkpoint.get("loops")
+    if loops is None:
+        return
+    if not isinstance(loops, dict):
+        raise CheckpointError(f"{source} is damaged: its loops state is {preview(loops)}, not a mapping")
+    _check_loop_state(loops.get(f"{stage}_loop"), fresh, f"{stage}_loop", source)
 
 
 MAX_COUNT = 2**53  # a loop counter beyond this is no count Lightning wrote

@@ -37,7 +37,7 @@ from gpu_lessons.errors import EXIT_CTRL_C, UserError, exit_code, imported_class
 from gpu_lessons.models.base import Lesson
 from gpu_lessons.progress import print_fit_summary, quiet_lightning, shown
 from gpu_lessons.run_folders import NonOverwritingSaveConfigCallback, RunFolders, checked_run_name, checkpoint_alias, default_run_name
-from gpu_lessons.checkpoint_states import check_resumable
+from gpu_lessons.checkpoint_states import check_resumable, check_stage_loop
 from gpu_lessons.safe_checkpoints import check_weights_fit, checked_hyperparameters, load_checkpoint
 
 _LOGGER_DEFAULT_NAME = "lightning_logs"  # TensorBoardLogger's and CSVLogger's own default for ``name``
@@ -197,6 +197,9 @@ class LessonCLI(LightningCLI):
                 self.trainer.strategy.checkpoint_io.hand_over(self.ckpt_path, self.checkpoint)
             if self.subcommand == "fit":
                 check_resumable(self.checkpoint, model, self.ckpt_path, self.trainer.fit_loop.state_dict())
+            elif self.subcommand in ("validate", "test", "predict"):
+                stage_loop = getattr(self.trainer, f"{self.subcommand}_loop").state_dict()
+                check_stage_loop(self.checkpoint, self.subcommand, stage_loop, self.ckpt_path)
 
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
         """The configured trainer, with the callbacks of :data:`CALLBACKS` that are not null after its own."""

@@ -304,6 +304,7 @@ UNRESUMABLE: dict[str, tuple[Callable[[dict[str, Any]], None], str]] = {
     ),
     "batches_trained -1": (lambda c: _position(c).update(batches_trained=-1), "position in the epoch is damaged: its batches_trained is -1"),
     "batch_size 0": (lambda c: _position(c).update(batch_size=0), "its batch_size is 0"),
+    "an LR scheduler state for a lesson without one": (lambda c: c.update(lr_schedulers=[{"gamma": "x"}]), "has no scheduler"),
     "batch_size null": (lambda c: _position(c).update(batch_size=None), "its batch_size is None"),
     "a position without batches_trained": (lambda c: _position(c).pop("batches_trained"), "position in the epoch is damaged"),
 }
@@ -345,3 +346,32 @@ def test_the_checkpoint_io_never_reads_another_file_in_place_of_the_checked_one(
     io.hand_over(tmp_path / "checked.ckpt", {"state_dict": {}, "marker": "checked"})
     assert io.load_checkpoint(tmp_path / "checked.ckpt")["marker"] == "checked"  # no second read of the file
     assert io.load_checkpoint(tmp_path / "checked.ckpt")["state_dict"].keys() == trained["state_dict"].keys()  # used once
+
+
+def test_a_scheduler_state_unlike_the_configured_one_is_one_error_line(tmp_path: Path, monkeypatch, capsys) -> None:
+    """torch copies a saved scheduler state onto the scheduler unchecked: ReduceLROnPlateau's mode 'bogus' would fail
+    in the middle of the fit."""
+    monkeypatch.chdir(tmp_path)
+    cli = run("fit", "plateau", "--trainer.max_epochs", "2")
+    checkpoint = torch.load(Path(cli.trainer.checkpoint_callback.dirpath, "last.ckpt"), weights_only=True)
+    checkpoint["lr_schedulers"][0]["mode"] = "bogus"
+    torch.save(checkpoint, tmp_path / "damaged.ckpt")
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_info:
+        run("fit", "plateau", "--ckpt_path", "damaged.ckpt", "--trainer.max_epochs", "4")
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and "Traceback" not in err
+    assert "its lr_schedulers[0].mode is 'bogus', where the configured one has 'min'" in err
+
+
+@pytest.mark.parametrize("stage", ["validate", "test", "predict"])
+def test_every_subcommand_checks_the_loop_state_it_restores(stage: str, trained: dict[str, Any], tmp_path: Path, monkeypatch, capsys) -> None:
+    checkpoint = copy.deepcopy(trained)
+    del checkpoint["loops"][f"{stage}_loop"]
+    torch.save(checkpoint, tmp_path / "damaged.ckpt")
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as exit_info:
+        run(stage, "regression", "--ckpt_path", "damaged.ckpt")
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and "Traceback" not in err
+    assert f"its loop state {stage}_loop is None, not a mapping" in err
