@@ -41,6 +41,10 @@ def config_file(value: str) -> str:
         except UnicodeDecodeError as error:
             raise UserError(f"--config {value} is not a YAML text file (byte {error.start} is not UTF-8)") from None
         check_config_expansion(text, value)
+    elif len(value) > MAX_CONFIG_BYTES:  # a config given inline, as YAML text, is bounded alike
+        raise UserError(f"--config: the YAML given inline is {len(value):,} characters, more than a config's {MAX_CONFIG_BYTES:,}")
+    else:
+        check_config_expansion(value, "(given inline)")
     return value
 
 

@@ -284,6 +284,11 @@ BAD_INPUTS = {
     "limit_train_batches 0": (["fit", "regression", "--trainer.limit_train_batches", "0"], "trainer.limit_train_batches must be more than 0"),
     "a YAML billion laughs": (["fit", "--config", "laughs.yaml"], "laughs.yaml expands to more than 100,000 values"),
     "a config over 1 MB": (["fit", "--config", "huge.yaml"], "huge.yaml is 1,200,"),
+    "a billion laughs given inline": (
+        ["fit", "--config", "a: &a [1, 1, 1, 1, 1, 1, 1, 1, 1, 1]\n" + "".join(
+            f"a{i}: &a{i} [{', '.join([f'*a{i - 1}' if i > 1 else '*a'] * 10)}]\n" for i in range(1, 8))],
+        "(given inline) expands to more than 100,000 values",
+    ),
     "missing config file": (["fit", "--config", "nope.yaml"], "nope.yaml"),
     "missing ckpt_path": (["test", "regression", "--ckpt_path", "checkpoints/regression/gone.ckpt"], "no such checkpoint file"),
     "truncated ckpt_path": (["test", "regression", "--ckpt_path", "truncated.ckpt"], "not a readable PyTorch checkpoint"),
