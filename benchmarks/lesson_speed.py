@@ -4,8 +4,9 @@
 
 For every synthetic lesson it runs, in fresh processes and interleaved ``--repeats`` times:
 
-* ``course script``: the course's equivalent script, written out below with torch alone (the same network,
-  optimizer, learning rate and number of full-batch steps, the loss printed every 100 steps as the course does):
+* ``course script``: the course's equivalent script with torch alone (the same network, optimizer, learning rate
+  and number of full-batch steps; the loop is the package's :func:`gpu_lessons.course_loop.course_loop`, which imports
+  torch alone, printing the loss every 100 steps as the course does):
   timed as a whole command (``python -c ...``: interpreter start and ``import torch`` included) and its training
   loop alone;
 * ``gpu_lessons fit``: ``python -m gpu_lessons fit --config <lesson>`` with the shipped config, as a whole command
@@ -46,24 +47,17 @@ torch.manual_seed(42)
 """
 
 TRAIN = """
+from gpu_lessons.course_loop import course_loop  # the package's copy of the course's loop: torch alone
 model = Net().to(device)
 x, y = x.to(device), y.to(device)
 optimizer = OPTIMIZER
 scheduler = SCHEDULER
 start = time.perf_counter()
-for step in range(STEPS):
-    optimizer.zero_grad()
-    loss = loss_fn(model(x), y)
-    loss.backward()
-    optimizer.step()
-    if scheduler is not None:
-        scheduler.step(loss.item()) if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau) else scheduler.step()
-    if (step + 1) % 100 == 0:
-        print(f"step {step + 1}: loss {loss.item():.4f}")
+final_loss = course_loop(model, x, y, loss_fn, optimizer, STEPS, scheduler, print_every=100)
 if device.type == "cuda":
     torch.cuda.synchronize()
 seconds = time.perf_counter() - start
-print(json.dumps({"train_s": seconds, "final_loss": loss.item()}))
+print(json.dumps({"train_s": seconds, "final_loss": final_loss}))
 """
 
 SIMPLE_NET = """
