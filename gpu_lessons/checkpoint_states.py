@@ -5,15 +5,14 @@ silent surprise mid-run."""
 
 from __future__ import annotations
 
-import typing
 from typing import Any, Optional
 
 import torch
 
-from gpu_lessons.data.batches import POSITION_KEYS, check_position
+from gpu_lessons.data.batches import MAX_COUNT, POSITION_KEYS, check_position
 from gpu_lessons.errors import PREVIEW, CheckpointError, preview
 
-_PLAIN_SCALARS = (bool, int, float, str, type(None))
+PLAIN_SCALARS = (bool, int, float, str, type(None))  # the values a config or a checkpoint's settings may hold
 MAX_HISTORY = 100_000  # epochs in a run's learning curves
 MAX_SAVED_CHECKPOINTS = 10_000  # a ModelCheckpoint's best_k_models
 _PATH_KEYS = ("best_model_path", "kth_best_model_path", "last_model_path")
@@ -31,20 +30,20 @@ def check_callback_states(checkpoint: dict[str, Any], source: object) -> None:
     for key, state in states.items():
         name = key.split("{", 1)[0]
         if name.endswith("Checkpoint") and "best_model_path" in state:
-            checked_model_checkpoint_state(state, _MODEL_CHECKPOINT_KEYS, f"{source}: {name}")
+            checked_model_checkpoint_state(state, f"{source}: {name}")
         elif name == "LessonPictures":
             checked_history(state, f"{source}: {name}")
         elif name == "RandomStates":
             checked_random_states(state, f"{source}: {name}")
 
 
-def checked_model_checkpoint_state(state: Any, expected_keys: typing.Collection[str], source: str) -> dict[str, Any]:
-    """A ``ModelCheckpoint`` state with its keys (those of ``expected_keys``, the callback's own ``state_dict``) and
-    types checked: strings for the paths, at most :data:`MAX_SAVED_CHECKPOINTS` saved ones, scalar tensors (or
-    ``None``) for the scores. Anything else raises :class:`CheckpointError` naming the key."""
+def checked_model_checkpoint_state(state: Any, source: str) -> dict[str, Any]:
+    """A ``ModelCheckpoint`` state with its keys (those of Lightning's ``ModelCheckpoint.state_dict``) and types
+    checked: strings for the paths, at most :data:`MAX_SAVED_CHECKPOINTS` saved ones, scalar tensors (or ``None``) for
+    the scores. Anything else raises :class:`CheckpointError` naming the key."""
     if not isinstance(state, dict):
         raise CheckpointError(f"{source}: its state is not a mapping")
-    unknown = sorted(str(key) for key in state if key not in expected_keys)
+    unknown = sorted(str(key) for key in state if key not in _MODEL_CHECKPOINT_KEYS)
     if unknown:
         raise CheckpointError(f"{source}: its state has keys a ModelCheckpoint does not keep: {', '.join(unknown)[:PREVIEW]}")
     missing = [key for key in ("best_model_path", "best_model_score") if key not in state]
@@ -62,7 +61,7 @@ def checked_model_checkpoint_state(state: Any, expected_keys: typing.Collection[
                 and all(isinstance(path, str) and "\x00" not in path and _is_score(score) for path, score in value.items())
             )
         else:  # a key a newer Lightning keeps: plain values only
-            fine = isinstance(value, _PLAIN_SCALARS) or _is_score(value)
+            fine = isinstance(value, PLAIN_SCALARS) or _is_score(value)
         if not fine:
             raise CheckpointError(f"{source}: its {key} is {preview(value)}, which is not what a ModelCheckpoint keeps there")
     return state
@@ -193,7 +192,7 @@ def check_resumable(
                 f"{source} is damaged: its optimizer's {key} is {preview(groups[0][key])}, not like {type(probe).__name__}'s "
                 f"{preview(default)}"
             )
-    _check_scheduler_states(checkpoint.get("lr_schedulers", []), model, probe, source)
+    _check_scheduler_states(schedulers, model, probe, source)
 
 
 def _check_scheduler_states(states: list[Any], model: torch.nn.Module, optimizer: Any, source: object) -> None:
@@ -245,9 +244,6 @@ def check_stage_loop(checkpoint: dict[str, Any], stage: str, fresh: dict[str, An
     if not isinstance(loops, dict):
         raise CheckpointError(f"{source} is damaged: its loops state is {preview(loops)}, not a mapping")
     _check_loop_state(loops.get(f"{stage}_loop"), fresh, f"{stage}_loop", source)
-
-
-MAX_COUNT = 2**53  # a loop counter beyond this is no count Lightning wrote
 
 
 def _check_loop_state(saved: Any, fresh: dict[str, Any], where: str, source: object) -> None:

@@ -3,6 +3,7 @@ save on SIGTERM, and atomic, weights-only checkpoint IO."""
 
 from __future__ import annotations
 
+import functools
 import os
 import sys
 from pathlib import Path
@@ -41,12 +42,14 @@ class ConfinedCheckpoint(ModelCheckpoint):
         return key.replace(type(self).__qualname__, ModelCheckpoint.__qualname__, 1) if type(self) is ConfinedCheckpoint else key
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        state = checked_model_checkpoint_state(state_dict, self.state_dict(), f"the checkpoint's {type(self).__name__}")
+        state = checked_model_checkpoint_state(state_dict, f"the checkpoint's {type(self).__name__}")
         recorded = state.get("dirpath")
-        if self.dirpath is None or not isinstance(recorded, str) or not _same_folder(recorded, self.dirpath):
+        folder = _resolved(self.dirpath) if self.dirpath is not None else None
+        if folder is None or not isinstance(recorded, str) or _resolved(recorded) != folder:
             return
-        self.best_k_models = {own: score for path, score in state.get("best_k_models", {}).items() if (own := self._own_file(path))}
-        self.last_model_path = self._own_file(state.get("last_model_path", "")) or ""
+        own = functools.partial(self._own_file, folder=folder)  # the one folder, resolved once
+        self.best_k_models = {mine: score for path, score in state.get("best_k_models", {}).items() if (mine := own(path))}
+        self.last_model_path = own(state.get("last_model_path", "")) or ""
         if self.best_k_models:  # the best and the k-th best, as Lightning derives them when it saves
             best, worst = (min, max) if self.mode == "min" else (max, min)
             self.best_model_path = best(self.best_k_models, key=self.best_k_models.get)
@@ -54,36 +57,37 @@ class ConfinedCheckpoint(ModelCheckpoint):
             self.best_model_score = self.best_k_models[self.best_model_path]
             self.kth_value = self.best_k_models[self.kth_best_model_path]
         else:
-            self.best_model_path = self._own_file(state["best_model_path"]) or ""
+            self.best_model_path = own(state["best_model_path"]) or ""
             self.best_model_score = state["best_model_score"] if self.best_model_path else None
 
-    def _own_file(self, path: str) -> Optional[str]:
-        """``path`` as this callback spells its files, if it is one of them (see the class docstring), else None."""
+    def _own_file(self, path: str, folder: Path) -> Optional[str]:
+        """``path`` as this callback spells its files, if it is one of them (see the class docstring; ``folder`` is
+        its own, resolved), else None."""
         assert self.dirpath is not None
-        if not _plain_path(path):
+        if Path(path).suffix != ".ckpt" or _is_link(path):
             return None
-        candidate = Path(path)
-        try:
-            if candidate.is_symlink() or candidate.suffix != ".ckpt":
-                return None
-            resolved = candidate.resolve()
-            if resolved.parent != Path(self.dirpath).resolve() or (resolved.exists() and not resolved.is_file()):
-                return None
-        except (OSError, ValueError):  # a link loop, a name too long: not a file of this folder
+        resolved = _resolved(path)
+        if resolved is None or resolved.parent != folder or (resolved.exists() and not resolved.is_file()):
             return None
         return os.path.join(self.dirpath, resolved.name)
 
 
-def _plain_path(path: str) -> bool:
-    """A local path the OS can take: no URL (fsspec would act on it elsewhere), no NUL byte, not absurdly long."""
-    return bool(path) and len(path) <= 4096 and "://" not in path and "\x00" not in path
-
-
-def _same_folder(recorded: str, folder: str) -> bool:
+def _resolved(path: str) -> Optional[Path]:
+    """``path`` resolved, if it is a local path the OS can take: no URL (fsspec would act on it elsewhere), no NUL
+    byte, not absurdly long, no link loop; else None."""
+    if not path or len(path) > 4096 or "://" in path or "\x00" in path:
+        return None
     try:
-        return _plain_path(recorded) and Path(recorded).resolve() == Path(folder).resolve()
+        return Path(path).resolve()
     except (OSError, ValueError):
-        return False
+        return None
+
+
+def _is_link(path: str) -> bool:
+    try:
+        return Path(path).is_symlink()
+    except (OSError, ValueError):
+        return True  # a name the OS refuses is no file of this folder
 
 
 class LessonCheckpoint(ConfinedCheckpoint):

@@ -11,6 +11,7 @@ from typing import Any
 import yaml
 from jsonargparse import Namespace
 
+from gpu_lessons.data.tensor_datamodule import MAX_SEED
 from gpu_lessons.errors import UserError, imported_class, preview
 from gpu_lessons.lessons import config_path
 
@@ -34,8 +35,9 @@ def config_file(value: str) -> str:
     jsonargparse would fail on it with a UnicodeDecodeError traceback."""
     value = config_path(value)
     if os.path.isfile(value):
-        if os.path.getsize(value) > MAX_CONFIG_BYTES:
-            raise UserError(f"--config {value} is {os.path.getsize(value):,} bytes, more than a config's {MAX_CONFIG_BYTES:,}")
+        size = os.path.getsize(value)
+        if size > MAX_CONFIG_BYTES:
+            raise UserError(f"--config {value} is {size:,} bytes, more than a config's {MAX_CONFIG_BYTES:,}")
         try:
             text = Path(value).read_text(encoding="utf-8")
         except UnicodeDecodeError as error:
@@ -129,8 +131,6 @@ def say_how_the_data_differs(checkpoint: dict[str, Any], config: Namespace, ckpt
     if changes:
         sys.stderr.write(f"gpu_lessons: the data differs from what {ckpt_path} was trained on: {', '.join(changes)}\n")
 
-
-MAX_SEED = 2**32 - 1  # the seeds Lightning's seed_everything takes (numpy's range)
 
 
 def check_seed(seed: Any) -> None:

@@ -17,7 +17,7 @@ import torch
 from lightning.pytorch import LightningModule
 
 from gpu_lessons.atomic_files import PathLike
-from gpu_lessons.checkpoint_states import check_callback_states
+from gpu_lessons.checkpoint_states import PLAIN_SCALARS, check_callback_states
 from gpu_lessons.errors import CheckpointError, imported_class, preview
 
 T = TypeVar("T")
@@ -26,7 +26,6 @@ T = TypeVar("T")
 # What LightningCLI records in every checkpoint it writes. It is accepted (so those checkpoints load) but never
 # called: classes are built here from the checked plain values, never by an instantiator a checkpoint names.
 LIGHTNING_CLI_INSTANTIATOR = "lightning.pytorch.cli.instantiate_module"
-_PLAIN_SCALARS = (bool, int, float, str, type(None))
 _SEQUENCES = (list, tuple, typing.get_origin(typing.Sequence[int]))
 
 
@@ -247,12 +246,12 @@ def check_weights_fit(checkpoint: dict[str, Any], model: torch.nn.Module, source
 def _is_plain_value(value: object) -> bool:
     if isinstance(value, (list, tuple)):
         return all(_is_plain_value(item) for item in value)
-    return isinstance(value, _PLAIN_SCALARS)
+    return isinstance(value, PLAIN_SCALARS)
 
 
 def _is_plain_type(annotation: object) -> bool:
     """Whether an argument of this type can only receive plain data (jsonargparse would not import anything for it)."""
-    if annotation in _PLAIN_SCALARS:
+    if annotation in PLAIN_SCALARS:
         return True
     origin, args = typing.get_origin(annotation), typing.get_args(annotation)
     if origin is Literal:

@@ -144,6 +144,7 @@ class EpochPermutation(DistributedSampler):
 
 
 POSITION_KEYS = {"epoch": 0, "batches_trained": 0, "batch_size": 1, "passes": 1}  # each one's least value
+MAX_COUNT = 2**53  # a count beyond this (of batches, epochs, steps) is none Lightning or this sampler wrote
 
 
 def check_position(state: Any, source: object = "the checkpoint") -> None:
@@ -153,7 +154,7 @@ def check_position(state: Any, source: object = "the checkpoint") -> None:
     if not isinstance(state, dict) or not {"epoch", "batches_trained"} <= set(state) <= set(POSITION_KEYS):
         raise CheckpointError(f"{source}: its position in the epoch is damaged: {preview(state)}")
     for key, value in state.items():
-        if isinstance(value, bool) or not isinstance(value, int) or not POSITION_KEYS[key] <= value <= 2**53:
+        if isinstance(value, bool) or not isinstance(value, int) or not POSITION_KEYS[key] <= value <= MAX_COUNT:
             raise CheckpointError(f"{source}: its position in the epoch is damaged: its {key} is {preview(value)}")
 
 
