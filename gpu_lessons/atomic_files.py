@@ -3,11 +3,12 @@ user asked for is never written over unless they said so."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import socket
 from pathlib import Path
-from typing import IO, Callable, Union
+from typing import IO, Callable, Iterable, Union
 
 from gpu_lessons.errors import OutputExistsError
 
@@ -113,3 +114,15 @@ def _fsync_directory(folder: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def missing_folders(folder: Path) -> list[Path]:
+    """``folder`` and the folders above it that do not exist yet (deepest first): what making it would create."""
+    return [path for path in (folder, *folder.parents) if not path.exists()]
+
+
+def remove_empty_folders(folders: Iterable[Path]) -> None:
+    """Remove each of ``folders`` that is empty, deepest first: one that another process has written into stays."""
+    for folder in sorted(set(folders), key=lambda path: len(path.parts), reverse=True):
+        with contextlib.suppress(OSError):
+            folder.rmdir()

@@ -33,7 +33,7 @@ from gpu_lessons.checkpointing import AtomicCheckpointIO, ConfinedCheckpoint
 from gpu_lessons.cli_config import CALLBACKS, DESCRIPTION, LIGHTNING_SUBCOMMANDS, TOOLS, add_lesson_arguments
 from gpu_lessons.config_checks import check_seed, check_trainer_counts, say_how_the_data_differs, set_model_settings, with_config_files
 from gpu_lessons.cuda import resolve_accelerator
-from gpu_lessons.errors import EXIT_CTRL_C, UserError, exit_code, imported_class, one_line
+from gpu_lessons.errors import UserError, exit_code, imported_class, one_line
 from gpu_lessons.models.base import Lesson
 from gpu_lessons.progress import print_fit_summary, quiet_lightning, shown
 from gpu_lessons.run_folders import NonOverwritingSaveConfigCallback, RunFolders, checked_run_name, checkpoint_alias, default_run_name
@@ -269,8 +269,8 @@ def cli_main(args: Optional[list[str]] = None) -> LessonCLI:
     try:
         return LessonCLI(args=args)
     except BaseException as error:
-        if isinstance(error, KeyboardInterrupt) or (type(error) is SystemExit and error.code == 1 and pressed):
-            raise SystemExit(_stopped_by_ctrl_c()) from None
+        if type(error) is SystemExit and error.code == 1 and pressed:  # Lightning's own exit after a Ctrl-C
+            error = KeyboardInterrupt()
         code = exit_code(error)
         if code is None:
             raise
@@ -280,11 +280,6 @@ def cli_main(args: Optional[list[str]] = None) -> LessonCLI:
             signal.signal(signal.SIGTERM, previous)
         if sigint is not None:
             signal.signal(signal.SIGINT, sigint)
-
-
-def _stopped_by_ctrl_c() -> int:
-    sys.stderr.write("stopped by Ctrl-C\n")
-    return EXIT_CTRL_C
 
 
 def _stop_on_sigterm(signum: int, frame: Any) -> None:

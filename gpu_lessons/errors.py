@@ -84,6 +84,9 @@ def exit_code(error: BaseException) -> Optional[int]:
     if isinstance(error, SIGTERMException):  # not an error: the run was asked to stop
         sys.stderr.write("stopped by SIGTERM\n")
         return EXIT_SIGTERM
+    if isinstance(error, KeyboardInterrupt):  # nor is Ctrl-C
+        sys.stderr.write("stopped by Ctrl-C\n")
+        return EXIT_CTRL_C
     if isinstance(error, UserError):
         print_error(error)
         return error.exit_code

@@ -14,6 +14,7 @@ from jsonargparse import Namespace
 from lightning.pytorch import Trainer
 from lightning.pytorch.cli import SaveConfigCallback
 
+from gpu_lessons.atomic_files import missing_folders, remove_empty_folders
 from gpu_lessons.errors import CheckpointError, UserError, preview
 from gpu_lessons.safe_checkpoints import load_checkpoint
 
@@ -65,7 +66,6 @@ class RunFolders:
             version = None if logger_args is None else logger_args.version
             if version is None:
                 log_root = None if logger_args is None else Path(logger_args.save_dir, logger_args.get("name") or "")
-                ensure_writable(run_root, "checkpoints")
                 version = self._claim_version(run_root, log_root)
                 if logger_args is not None:
                     logger_args.version = version
@@ -92,7 +92,7 @@ class RunFolders:
         if folder.exists() or folder in self._new:
             return
         self._new.append(folder)
-        self._new_parents += [parent for parent in folder.parents if not parent.exists()]
+        self._new_parents += missing_folders(folder.parent)
 
     def _claim_version(self, *roots: Optional[Path]) -> int:
         """The next N whose ``version_N`` is free under every root, claimed by creating those folders: ``mkdir``
@@ -100,14 +100,14 @@ class RunFolders:
         unique = list({root.resolve(): root for root in roots if root is not None}.values())  # logs beside checkpoints
         for root in unique:
             ensure_writable(root, "the run's folders")
+            # parents another run may share: removed on failure only while empty (rmdir, never rmtree)
+            self._new_parents += missing_folders(root)
         version = next_version(*unique)
         for _ in range(MAX_CLAIMS):
             made: list[Path] = []
             try:
                 for root in unique:
                     claimed = root / version_folder(version)
-                    # parents another run may share: removed on failure only while empty (rmdir, never rmtree)
-                    self._new_parents += [folder for folder in (root, *root.parents) if not folder.exists()]
                     root.mkdir(parents=True, exist_ok=True)
                     claimed.mkdir()
                     made.append(claimed)
@@ -138,11 +138,7 @@ class RunFolders:
             return
         for folder in self._new:
             shutil.rmtree(folder, ignore_errors=True)
-        for folder in sorted(set(self._new_parents), key=lambda path: len(path.parts), reverse=True):
-            try:
-                folder.rmdir()
-            except OSError:  # not empty: another run's folders are in it
-                pass
+        remove_empty_folders(self._new_parents)  # one with another run's folders in it stays
 
 
 class NonOverwritingSaveConfigCallback(SaveConfigCallback):

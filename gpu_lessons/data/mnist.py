@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import gzip
 import os
 import shutil
@@ -15,7 +14,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Subset
 from torchvision import datasets, transforms
 
-from gpu_lessons.atomic_files import write_atomically
+from gpu_lessons.atomic_files import missing_folders, remove_empty_folders, write_atomically
 from gpu_lessons.data.images import read_digits
 from gpu_lessons.data.tensor_datamodule import Split, TensorDataModule
 from gpu_lessons.errors import DatasetError, DatasetMissingError, UserError
@@ -123,14 +122,12 @@ class MNISTDataModule(TensorDataModule):
         if self._files_present():
             return
         if self.hparams.download:
-            made = [folder for folder in (self.raw_folder, *self.raw_folder.parents) if not folder.exists()]
+            made = missing_folders(self.raw_folder)
             try:
                 for train in (True, False):
                     self.dataset_class(self.data_dir, train=train, download=True)
             except Exception as error:  # urllib/HTTP/checksum errors all mean the same thing to the user
-                for folder in made:  # the empty folders torchvision made for the files it could not fetch
-                    with contextlib.suppress(OSError):
-                        folder.rmdir()
+                remove_empty_folders(made)  # those torchvision made for the files it could not fetch
                 # torchvision's message lists every mirror it tried; its last line says why
                 reason = next((line.strip() for line in reversed(str(error).splitlines()) if line.strip(" )")), "")
                 raise self._missing_error(f"downloading failed ({reason or type(error).__name__})") from None
