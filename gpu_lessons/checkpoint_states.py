@@ -204,10 +204,8 @@ def _check_scheduler_states(states: list[Any], model: torch.nn.Module, optimizer
         if states:
             raise CheckpointError(f"{source} holds {len(states)} LR scheduler states; {type(model).__name__} has no scheduler")
         return
-    given = getattr(factory, "keywords", None) or {}
-    length = {"total_steps": 1} if given.get("total_steps", 0) is None and given.get("epochs") is None else {}
     try:
-        fresh = factory(optimizer, **length).state_dict()
+        fresh = model.build_scheduler(optimizer, lambda: 1).state_dict()  # a run's length only changes numbers
     except Exception:  # a scheduler that cannot be built here says why when the fit builds it
         return
     if len(states) != 1:

@@ -25,7 +25,7 @@ from typing import Optional, Union
 import torch
 from torch import nn
 
-from gpu_lessons.course_loop import LossFn, course_loop
+from gpu_lessons.course_loop import course_loop
 from gpu_lessons.errors import CommandParser, UserError, run_command
 
 # The lessons the course trains full-batch with its plain loop, and those it trains on MNIST with a DataLoader.
@@ -76,16 +76,6 @@ def course_mnist_loop(
     return seconds, correct / len(test)
 
 
-def lesson_loss(lesson: nn.Module) -> LossFn:
-    """The lesson's loss as a plain ``loss_fn(prediction, y)``: its criterion, on logits squeezed to one per sample for
-    a binary lesson (the course's sigmoid and BCELoss, in their numerically stable form, BCEWithLogitsLoss)."""
-    from gpu_lessons.models.tasks import BinaryTask
-
-    if isinstance(lesson, BinaryTask):
-        return lambda prediction, y: lesson.criterion(prediction.squeeze(-1), y.to(prediction.dtype))
-    return lesson.criterion
-
-
 def _built(name: str, *extra: str):  # -> LessonCLI, imported here: ``gpu-lessons course --help`` stays quick
     from gpu_lessons.cli import LessonCLI
     from gpu_lessons.lessons import config_path
@@ -111,11 +101,11 @@ def _course(args: argparse.Namespace) -> int:
     steps = trainer.max_epochs * data.steps_per_epoch
     net, start_state = copy.deepcopy(lesson.net), torch.get_rng_state()  # the Lightning run starts from both too
     optimizer = lesson.optimizer_factory(net.parameters())
-    scheduler = lesson.scheduler_factory(optimizer) if lesson.scheduler_factory is not None else None
+    scheduler = lesson.build_scheduler(optimizer, lambda: steps) if lesson.scheduler_factory is not None else None
     print(f"the course's loop: {args.lesson}, {steps} full-batch steps of {type(optimizer).__name__} on {len(X)} samples")
     started = time.perf_counter()
     every = max(steps // 5, 1)
-    loss = course_loop(net, X, y, lesson_loss(lesson), optimizer, steps, scheduler, data.steps_per_epoch, every)
+    loss = course_loop(net, X, y, lesson.loss, optimizer, steps, scheduler, data.steps_per_epoch, every)
     print(f"course loop: {steps} steps in {time.perf_counter() - started:.2f} s, final loss {loss:.6g}")
     if not args.compare:
         return 0

@@ -162,8 +162,12 @@ class Lesson(LightningModule):
         """The step shared by train/val/test: the loss, what the metric compares with the targets, and the targets."""
         inputs, targets = batch
         outputs = self(inputs)  # 1. forward pass: prediction = model(X)
-        loss = self.criterion(outputs, targets)  # 2. loss: loss = loss_fn(prediction, y)
+        loss = self.loss(outputs, targets)  # 2. loss: loss = loss_fn(prediction, y)
         return loss, outputs.detach(), targets
+
+    def loss(self, outputs: Tensor, targets: Tensor) -> Tensor:
+        """The course's ``loss_fn(prediction, y)``: the criterion on the network's outputs (a task may shape them)."""
+        return self.criterion(outputs, targets)
 
     def on_train_start(self) -> None:
         """Forget what the sanity check put into the validation metrics."""
@@ -227,20 +231,24 @@ class Lesson(LightningModule):
         """Predictions for a batch of inputs (a tensor, or an ``(inputs, targets)`` pair)."""
         return self.predictions(self(batch_inputs(batch)))
 
+    def build_scheduler(self, optimizer: torch.optim.Optimizer, total_steps: Callable[[], int]) -> Any:
+        """The configured LR scheduler on ``optimizer``. A OneCycleLR needs the run's length up front: from a config
+        (jsonargparse gives a functools.partial with every default filled in, pinned by tests/test_cli.py) one that
+        leaves it open gets ``total_steps()``; any other factory is called as it is."""
+        given = getattr(self.scheduler_factory, "keywords", None) or {}
+        if "total_steps" in given and given["total_steps"] is None and given.get("epochs") is None:
+            return self.scheduler_factory(optimizer, total_steps=total_steps())
+        return self.scheduler_factory(optimizer)
+
     def configure_optimizers(self) -> Any:
         """Build the injected optimizer and, if any, the scheduler with the interval and monitor it needs."""
         optimizer = self.optimizer_factory(self.parameters())
         if self.scheduler_factory is None:
             return optimizer
-        # A OneCycleLR needs the run's length up front. From a config (jsonargparse gives a functools.partial with
-        # every default filled in, pinned by tests/test_cli.py) one that leaves it open gets the trainer's; any other
-        # factory is called as it is, and a scheduler that refuses its settings says why in torch's own words.
-        given = getattr(self.scheduler_factory, "keywords", None) or {}
+        # the trainer's length for a OneCycleLR that leaves it open; a scheduler that refuses its settings says why
+        # in torch's own words
         try:
-            if "total_steps" in given and given["total_steps"] is None and given.get("epochs") is None:
-                scheduler = self.scheduler_factory(optimizer, total_steps=int(self.trainer.estimated_stepping_batches))
-            else:
-                scheduler = self.scheduler_factory(optimizer)
+            scheduler = self.build_scheduler(optimizer, lambda: int(self.trainer.estimated_stepping_batches))
         except (ValueError, TypeError) as error:
             raise UserError(f"the scheduler cannot be built: {error}") from None
         config: dict[str, Any] = {

@@ -66,9 +66,14 @@ class BinaryTask(Lesson):
         """The loss on the logits, and the predicted classes for the accuracy: given floats, torchmetrics would
         first check (on the host, a GPU sync) whether they are logits or probabilities."""
         inputs, targets = batch
-        logits = self(inputs).squeeze(-1)  # 1. forward pass
-        loss = self.criterion(logits, targets.to(logits.dtype))  # 2. loss (the sigmoid is inside the criterion)
-        return loss, (logits > 0).detach(), targets
+        outputs = self(inputs)  # 1. forward pass
+        loss = self.loss(outputs, targets)  # 2. loss (the sigmoid is inside the criterion)
+        return loss, (outputs.squeeze(-1) > 0).detach(), targets
+
+    def loss(self, outputs: Tensor, targets: Tensor) -> Tensor:
+        """BCE with logits on one logit per sample, the 0/1 targets in the logits' dtype."""
+        logits = outputs.squeeze(-1)
+        return self.criterion(logits, targets.to(logits.dtype))
 
     def predictions(self, outputs: Tensor) -> Tensor:
         """P(class 1) per sample."""
