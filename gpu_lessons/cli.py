@@ -141,7 +141,9 @@ class LessonCLI(LightningCLI):
 
     @staticmethod
     def _resolved(path: str, config: Namespace, flag: str = "--ckpt_path") -> str:
-        return str(checkpoint_alias(path, config, flag)) if path in _LIGHTNING_CKPT_ALIASES else path
+        if path not in _LIGHTNING_CKPT_ALIASES:
+            return path
+        return str(checkpoint_alias(path, config.run_name, config.checkpoint.dirpath, flag))
 
     @staticmethod
     def _checked_checkpoint(path: str, config: Namespace) -> tuple[dict[str, Any], dict[str, Any]]:

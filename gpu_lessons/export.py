@@ -12,7 +12,6 @@ import argparse
 import inspect
 import io
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Optional
 
 import torch
@@ -156,7 +155,7 @@ def _export(args: argparse.Namespace) -> int:
     return 0
 
 
-def _run(name: Optional[str]) -> SimpleNamespace:
+def _run(name: Optional[str]) -> str:
     """The run whose ``last``/``best`` is meant: ``name``, or the one run in ``checkpoints/``."""
     if name is None:
         runs = sorted(p.name for p in Path("checkpoints").iterdir() if p.is_dir()) if Path("checkpoints").is_dir() else []
@@ -164,7 +163,7 @@ def _run(name: Optional[str]) -> SimpleNamespace:
             found = f"the runs in checkpoints/ are {', '.join(runs)}" if runs else "checkpoints/ holds no run"
             raise UserError(f"--ckpt_path last/best: say which run with --run_name ({found})")
         name = runs[0]
-    return SimpleNamespace(run_name=name, checkpoint=SimpleNamespace(dirpath=None))
+    return name
 
 
 def main(argv: Optional[list[str]] = None, prog: str = "gpu-lessons export") -> int:

@@ -217,9 +217,10 @@ def next_version(*roots: Optional[Path]) -> int:
     return max(numbers, default=-1) + 1
 
 
-def checkpoint_alias(alias: str, config: Namespace, flag: str = "--ckpt_path") -> Path:
-    """``--ckpt_path last`` / ``best``: the newest run's ``last.ckpt`` / best checkpoint (``checkpoints/<run>/``)."""
-    folder = Path(config.checkpoint.dirpath or os.path.join("checkpoints", config.run_name))
+def checkpoint_alias(alias: str, run_name: str, folder: Optional[str] = None, flag: str = "--ckpt_path") -> Path:
+    """``--ckpt_path last`` / ``best``: the newest run's ``last.ckpt`` / best checkpoint in ``folder`` (by default
+    ``checkpoints/<run_name>/``)."""
+    folder = Path(folder or os.path.join("checkpoints", run_name))
     if alias not in ("last", "best"):
         raise UserError(f"{flag} {alias} is not supported: give a checkpoint file, or last or best")
     runs = [folder] + sorted(
@@ -229,7 +230,7 @@ def checkpoint_alias(alias: str, config: Namespace, flag: str = "--ckpt_path") -
     newest = next((run / "last.ckpt" for run in reversed(runs) if (run / "last.ckpt").is_file()), None)
     if newest is None:
         raise CheckpointError(
-            f"{flag} {alias}: run {config.run_name!r} has no checkpoint in {folder}/ yet; train it first "
+            f"{flag} {alias}: run {run_name!r} has no checkpoint in {folder}/ yet; train it first "
             "(fit with the same config) or give the checkpoint's path"
         )
     if alias == "last":
