@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from gpu_lessons.course_loop import course_loop
-from gpu_lessons.errors import CommandParser, UserError, run_command
+from gpu_lessons.errors import CommandParser, UserError, positive_int, run_command
 
 # The lessons the course trains full-batch with its plain loop, and those it trains on MNIST with a DataLoader.
 FULL_BATCH_LESSONS = ("regression", "activations", "classifier", "overfit", "dropout", "step_lr", "plateau")
@@ -114,12 +114,12 @@ def _course(args: argparse.Namespace) -> int:
     trainer.fit(lesson, datamodule=data)
     print(f"Lightning fit: {trainer.global_step} steps in {time.perf_counter() - started:.2f} s")
     ours, theirs = net.state_dict(), lesson.net.state_dict()
-    differences = [float((ours[name] - theirs[name]).abs().max()) for name in ours]
-    count = sum(tensor.numel() for tensor in ours.values())
     if trainer.global_step == steps and all(torch.equal(ours[name], theirs[name]) for name in ours):
+        count = sum(tensor.numel() for tensor in ours.values())
         print(f"weights: bit-identical ({count:,} parameters): the course's loop and the Lightning lesson are one training")
         return 0
-    print(f"weights differ: largest difference {max(differences):.3g} after {trainer.global_step} Lightning steps")
+    largest = max(float((ours[name] - theirs[name]).abs().max()) for name in ours)
+    print(f"weights differ: largest difference {largest:.3g} after {trainer.global_step} Lightning steps")
     return 1
 
 
@@ -155,7 +155,7 @@ def main(argv: Optional[list[str]] = None, prog: str = "gpu-lessons course") -> 
     parser.add_argument("--compare", action="store_true", help="also train the Lightning lesson: the same weights (full "
                         "batch) or the test accuracies side by side (MNIST)")
     parser.add_argument("--data_dir", type=Path, help="MNIST lessons: the folder whose MNIST/raw holds the files")
-    parser.add_argument("--epochs", type=_positive, default=5, help="MNIST lessons: the course loop's epochs (5)")
+    parser.add_argument("--epochs", type=positive_int, default=5, help="MNIST lessons: the course loop's epochs (5)")
     parser.epilog = "Options after -- go to the Lightning lesson (MNIST lessons), e.g. -- --trainer.max_epochs 2."
     argv = sys.argv[1:] if argv is None else argv
     split = argv.index("--") if "--" in argv else len(argv)
@@ -166,12 +166,6 @@ def main(argv: Optional[list[str]] = None, prog: str = "gpu-lessons course") -> 
         return _course(args)
 
     return run_command(course)
-
-
-def _positive(text: str) -> int:
-    if not text.isdigit() or int(text) < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive whole number, got {text!r}")
-    return int(text)
 
 
 if __name__ == "__main__":

@@ -19,7 +19,7 @@ from typing import Optional, Union
 import torch
 
 from gpu_lessons.cuda import cuda_unavailable_reason
-from gpu_lessons.errors import EXIT_FAILED, CommandParser, run_command
+from gpu_lessons.errors import EXIT_FAILED, CommandParser, positive_int, run_command
 
 
 def environment_report() -> list[str]:
@@ -115,19 +115,12 @@ def autograd_report() -> tuple[list[str], bool]:
     return lines, passed
 
 
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
-
-
 # Three float32 matrices of 16384² are 3 GiB, on the CPU and the GPU alike; 200000² would be 480 GB.
 MAX_SIZE = 16384
 
 
 def _matrix_size(text: str) -> int:
-    value = _positive_int(text)
+    value = positive_int(text)
     if value > MAX_SIZE:
         gib = 3 * 4 * value**2 / 2**30
         raise argparse.ArgumentTypeError(f"at most {MAX_SIZE} (three {value}×{value} matrices need {gib:,.0f} GiB)")
@@ -145,7 +138,7 @@ def _parser(prog: str) -> argparse.ArgumentParser:
     parser.add_argument(
         "--size", type=_matrix_size, default=4096, help=f"N of the N×N matrices (default 4096, at most {MAX_SIZE})"
     )
-    parser.add_argument("--repeats", type=_positive_int, default=5, help="timed runs, median reported (default 5)")
+    parser.add_argument("--repeats", type=positive_int, default=5, help="timed runs, median reported (default 5)")
     return parser
 
 

@@ -115,6 +115,14 @@ def run_command(command: Callable[[], int]) -> int:
         return code
 
 
+def positive_int(text: str) -> int:
+    """An argparse ``type`` for the tools' counts: a whole number of at least 1."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
 class CommandParser(argparse.ArgumentParser):
     """An ``argparse`` parser whose errors (a missing or unknown option, a bad value) are a :class:`UserError`, for
     :func:`run_command` to report in one line like any other, instead of printing the usage and exiting."""

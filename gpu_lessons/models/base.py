@@ -191,8 +191,7 @@ class Lesson(LightningModule):
         or metric update costs 0.1-1 ms of Python, more than a small model's whole step."""
         loss, preds, targets = self.model_step(batch)
         self.train_step_outputs.append((loss.detach(), preds, targets))
-        # Lightning now runs optimizer.zero_grad(), loss.backward() and optimizer.step() (and the LR scheduler).
-        return loss
+        return loss  # Lightning now runs optimizer.zero_grad(), loss.backward(), optimizer.step() on it
 
     def on_train_epoch_end(self) -> None:
         """Log the epoch's mean training loss and metric: the step outputs go into the metric objects in one update
