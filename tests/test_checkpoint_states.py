@@ -65,7 +65,7 @@ def test_a_checkpoints_recorded_paths_never_remove_anything_outside_the_run_fold
     run_folder = (tmp_path / "checkpoints" / "regression" / "version_0").resolve()  # where this fit will write
     victims = _victims(tmp_path, run_folder)
     for case, (path, _) in victims.items():
-        checkpoint = {**trained, "callbacks": {key: dict(state) for key, state in trained["callbacks"].items()}}
+        checkpoint = copy.deepcopy(trained)
         for state in checkpoint["callbacks"].values():
             if "best_model_path" in state:
                 state.update({field: path for field in PATH_FIELDS})
@@ -98,8 +98,16 @@ def test_a_resume_in_its_own_folder_keeps_its_own_best_checkpoints(trained: dict
     assert sorted(p.name for p in folder.glob("*.ckpt")) == sorted(["last.ckpt", Path(best.best_model_path).name])
 
 
+def _edit(trained: dict[str, Any], change: Callable[[dict[str, Any]], None]) -> dict[str, Any]:
+    """A copy of the trained checkpoint, changed by ``change``."""
+    checkpoint = copy.deepcopy(trained)
+    change(checkpoint)
+    return checkpoint
+
+
 def _with_state(trained: dict[str, Any], name: str, change: Callable[[dict[str, Any]], Any]) -> dict[str, Any]:
-    checkpoint = {**trained, "callbacks": {key: dict(state) for key, state in trained["callbacks"].items()}}
+    """A copy whose callback state named ``name`` is changed in place by ``change``, or replaced by what it returns."""
+    checkpoint = copy.deepcopy(trained)
     key = next(key for key in checkpoint["callbacks"] if key.startswith(name))
     result = change(checkpoint["callbacks"][key])
     if result is not None:
@@ -261,12 +269,6 @@ def test_what_is_not_a_checkpoint_file_is_named(tmp_path: Path) -> None:
             load_checkpoint("/dev/zero")
 
 
-def _edit(trained: dict[str, Any], change: Callable[[dict[str, Any]], None]) -> dict[str, Any]:
-    checkpoint = copy.deepcopy(trained)
-    change(checkpoint)
-    return checkpoint
-
-
 def _fit_loop(checkpoint: dict[str, Any]) -> dict[str, Any]:
     return checkpoint["loops"]["fit_loop"]
 
@@ -366,9 +368,7 @@ def test_a_scheduler_state_unlike_the_configured_one_is_one_error_line(tmp_path:
 
 @pytest.mark.parametrize("stage", ["validate", "test", "predict"])
 def test_every_subcommand_checks_the_loop_state_it_restores(stage: str, trained: dict[str, Any], tmp_path: Path, monkeypatch, capsys) -> None:
-    checkpoint = copy.deepcopy(trained)
-    del checkpoint["loops"][f"{stage}_loop"]
-    torch.save(checkpoint, tmp_path / "damaged.ckpt")
+    torch.save(_edit(trained, lambda c: c["loops"].pop(f"{stage}_loop")), tmp_path / "damaged.ckpt")
     monkeypatch.chdir(tmp_path)
     with pytest.raises(SystemExit) as exit_info:
         run(stage, "regression", "--ckpt_path", "damaged.ckpt")
