@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -134,43 +135,42 @@ def test_fits_started_together_each_get_their_own_version(workdir: Path) -> None
         assert len(list((workdir / f"lightning_logs/step_lr/version_{n}").glob("events.out.tfevents.*"))) == 1
 
 
-def test_sigterm_during_start_up_exits_143_with_its_line_and_leaves_no_folders(workdir: Path) -> None:
-    """Before any stage runs (the callbacks are being built), SIGTERM is no silent death by signal 15."""
-    import signal
-
+def _fit_stopped(workdir: Path, signum: int, when: str, *args: str) -> tuple[int, str]:
+    """``fit --config step_lr ARGS`` in a fresh process, sent ``signum`` once it writes the line ``when`` to stderr:
+    its exit code and the rest of its stderr."""
     process = subprocess.Popen(
-        [sys.executable, "-m", "gpu_lessons", "fit", "--config", str(REPO / "configs/step_lr.yaml"),
-         "--trainer.callbacks+=tests.helpers.SlowToBuild", "--trainer.callbacks.seconds", "60"],
-        cwd=workdir, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, env={**os.environ, "PYTHONPATH": str(REPO)},
-    )
-    assert process.stderr is not None
-    for line in process.stderr:
-        if line == "building slowly\n":
-            break
-    process.send_signal(signal.SIGTERM)
-    assert process.wait(timeout=60) == 143
-    assert "stopped by SIGTERM" in process.stderr.read()
-    assert sorted(p.name for p in workdir.iterdir()) == []
-
-
-@pytest.mark.parametrize("epoch", [0, 2])
-def test_ctrl_c_exits_130_saying_what_was_kept_and_how_to_resume(workdir: Path, epoch: int) -> None:
-    import signal
-
-    process = subprocess.Popen(
-        [sys.executable, "-m", "gpu_lessons", "fit", "--config", str(REPO / "configs/step_lr.yaml"), "--pictures.enabled",
-         "false", "--trainer.callbacks+=tests.helpers.PauseAtEpochStart", "--trainer.callbacks.epoch", str(epoch),
-         "--trainer.callbacks.seconds", "60"],
+        [sys.executable, "-m", "gpu_lessons", "fit", "--config", str(REPO / "configs/step_lr.yaml"), *args],
         cwd=workdir, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, env={**os.environ, "PYTHONPATH": str(REPO)},
         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),  # as in a terminal (a background job ignores it)
     )
     assert process.stderr is not None
     for line in process.stderr:
-        if line == f"epoch {epoch} started\n":
+        if line == f"{when}\n":
             break
-    process.send_signal(signal.SIGINT)
-    assert process.wait(timeout=60) == 130
-    err = process.stderr.read()
+    process.send_signal(signum)
+    code = process.wait(timeout=60)
+    return code, process.stderr.read()
+
+
+def test_sigterm_during_start_up_exits_143_with_its_line_and_leaves_no_folders(workdir: Path) -> None:
+    """Before any stage runs (the callbacks are being built), SIGTERM is no silent death by signal 15."""
+    code, err = _fit_stopped(
+        workdir, signal.SIGTERM, "building slowly", "--trainer.callbacks+=tests.helpers.SlowToBuild",
+        "--trainer.callbacks.seconds", "60",
+    )
+    assert code == 143
+    assert "stopped by SIGTERM" in err
+    assert sorted(p.name for p in workdir.iterdir()) == []
+
+
+@pytest.mark.parametrize("epoch", [0, 2])
+def test_ctrl_c_exits_130_saying_what_was_kept_and_how_to_resume(workdir: Path, epoch: int) -> None:
+    code, err = _fit_stopped(
+        workdir, signal.SIGINT, f"epoch {epoch} started", "--pictures.enabled", "false",
+        "--trainer.callbacks+=tests.helpers.PauseAtEpochStart", "--trainer.callbacks.epoch", str(epoch),
+        "--trainer.callbacks.seconds", "60",
+    )
+    assert code == 130
     assert "stopped by Ctrl-C" in err and "Traceback" not in err
     if epoch == 0:
         assert "no epoch had finished, so no checkpoint was kept" in err
