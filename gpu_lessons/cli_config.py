@@ -1,5 +1,6 @@
-"""What the CLI adds to Lightning's command line: its help, its own options (``--run_name``, ``--init_weights``, ...), and every
-callback and plugin it adds to the trainer as a config key with a visible default (``null`` switches one off)."""
+"""What the CLI adds to Lightning's command line: its help, its own options (``--run_name``, ``--init_weights``, ...),
+and every callback and plugin it adds to the trainer as a config key with a visible default (``null`` switches one
+off)."""
 
 from __future__ import annotations
 
@@ -37,8 +38,8 @@ DESCRIPTION = (
     + "; ".join(f"`{name}`: {what}" for name, what in LIGHTNING_SUBCOMMANDS.items())
     + ". The others: "
     + "; ".join(f"`{name}`: {what}" for name, (_, what) in TOOLS.items())
-    + " (`gpu-lessons NAME --help` for each); `gpu-lessons --version` prints the versions. Exit codes: 0 done, 1 failed (a NaN loss, a full disk), 2 bad input, "
-    "130 stopped by Ctrl-C, 143 stopped by SIGTERM."
+    + " (`gpu-lessons NAME --help` for each); `gpu-lessons --version` prints the versions. Exit codes: 0 done, "
+    "1 failed (a NaN loss, a full disk), 2 bad input, 130 stopped by Ctrl-C, 143 stopped by SIGTERM."
 )
 # The callbacks the CLI adds beside checkpoint, last_checkpoint and pictures: a top-level key each, with the class
 # it may be, its default (set in add_arguments_to_parser, so --print_config and config.yaml show it) and its help;
