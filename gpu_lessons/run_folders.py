@@ -97,9 +97,10 @@ class RunFolders:
     def _claim_version(self, *roots: Optional[Path]) -> int:
         """The next N whose ``version_N`` is free under every root, claimed by creating those folders: ``mkdir``
         fails where a run started at the same moment took N first, and this run then tries N + 1."""
+        for root in filter(None, roots):  # first: resolving a link loop would raise
+            ensure_writable(root, "the run's folders")
         unique = list({root.resolve(): root for root in roots if root is not None}.values())  # logs beside checkpoints
         for root in unique:
-            ensure_writable(root, "the run's folders")
             # parents another run may share: removed on failure only while empty (rmdir, never rmtree)
             self._new_parents += missing_folders(root)
         version = next_version(*unique)
