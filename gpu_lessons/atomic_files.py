@@ -16,14 +16,9 @@ PathLike = Union[str, "os.PathLike[str]"]
 
 
 def write_atomically(path: Path, write: Callable[[IO[bytes]], object], *, overwrite: bool = True) -> None:
-    """Write ``path`` so that a reader (or a crash) sees the old bytes or the new ones, never a mix.
-
-    The bytes go to a temporary file in the *same folder* (so the rename cannot become a cross-filesystem copy, as
-    with ``TMPDIR`` elsewhere), are fsynced, and ``os.replace`` swaps the file in one step. The temporary file's name
-    holds this machine's name and the writer's process id: one that a killed writer of the same path left behind is
-    removed first, and another live writer's never is. With ``overwrite=False`` the file is linked into place, which
-    fails with :class:`FileExistsError` if ``path`` exists by then (no check-then-write race).
-    """
+    """Write ``path`` through an fsynced temporary file in its own folder (a rename there is one step), named with
+    this machine and process so that only a dead writer's leftovers are removed. With ``overwrite=False`` it is
+    linked into place, a :class:`FileExistsError` if ``path`` exists by then (no check-then-write race)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     for stale in path.parent.glob(f".{path.name}.*.tmp"):
         if _writer_is_gone(stale):
@@ -49,20 +44,26 @@ def write_atomically(path: Path, write: Callable[[IO[bytes]], object], *, overwr
         if isinstance(error, OSError) and not isinstance(error, FileExistsError):
             raise _naming(error, path, temporary) from None
         raise
-    _fsync_directory(path.parent)
+    try:  # make the rename itself durable (folders cannot be opened on Windows)
+        descriptor = os.open(path.parent, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
 
 
 def _naming(error: OSError, path: Path, temporary: Path) -> OSError:
-    """``error`` naming the file the user asked for: a write or fsync names no file, and the temporary file is an
-    implementation detail (a read-only folder, a full disk)."""
+    """``error`` naming ``path``: a write or fsync names no file, and the temporary one is an implementation detail."""
     if error.errno is None or error.filename not in (None, str(temporary), temporary):
         return error
     return type(error)(error.errno, error.strerror, str(path))
 
 
 def refuse_existing(path: PathLike) -> Path:
-    """``path``, or an :class:`OutputExistsError` if a file (or a link, even a dangling one) is there already: the
-    check before the work that makes a new file's bytes (:func:`write_new_file` checks again as it writes)."""
+    """``path``, or an :class:`OutputExistsError` if a file or link (even a dangling one) is there: the check before
+    the work (:func:`write_new_file` checks again as it writes)."""
     path = Path(path)
     if path.exists() or path.is_symlink():
         raise OutputExistsError(path)
@@ -70,12 +71,8 @@ def refuse_existing(path: PathLike) -> Path:
 
 
 def write_new_file(path: PathLike, data: bytes, *, overwrite: bool = False) -> Path:
-    """Write ``data`` to ``path`` atomically (:func:`write_atomically`), never over an existing file unless
-    ``overwrite``: how every command writes a file the user asked for (predictions, a picture, weights, a config).
-
-    An existing file is an :class:`OutputExistsError`, also one that appeared while the data was made (the file is
-    linked into place, so there is no check-then-write race). A write error names ``path``.
-    """
+    """Write ``data`` to ``path`` atomically, never over an existing file (an :class:`OutputExistsError`, also one
+    that appeared meanwhile) unless ``overwrite``: how every command writes a file the user asked for."""
     path = Path(path)
     try:
         write_atomically(path, lambda file: file.write(data), overwrite=overwrite)
@@ -90,8 +87,7 @@ _HOST = socket.gethostname().replace(".", "_") or "host"
 
 
 def _writer_is_gone(temporary: Path) -> bool:
-    """Whether the process that named ``temporary`` (``.NAME.HOST.PID.TOKEN.tmp``) is provably dead: it ran on this
-    machine and no process has its id. A file of another machine (a shared folder) or of a live process is kept."""
+    """Whether the writer that named ``temporary`` (``.NAME.HOST.PID.TOKEN.tmp``) ran on this machine and is gone."""
     parts = temporary.name.rsplit(".", 4)
     if len(parts) != 5 or parts[1] != _HOST or not parts[2].isdigit():
         return False
@@ -100,20 +96,8 @@ def _writer_is_gone(temporary: Path) -> bool:
     except ProcessLookupError:
         return True
     except OSError:  # e.g. PermissionError: the process exists but is another user's
-        return False
+        pass
     return False
-
-
-def _fsync_directory(folder: Path) -> None:
-    """Make the rename itself durable (a no-op where directories cannot be opened, e.g. Windows)."""
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def missing_folders(folder: Path) -> list[Path]:

@@ -1,13 +1,12 @@
-"""The states Lightning restores from a checkpoint, checked before anything acts on them: the callbacks' (which
-Lightning hands back on every load), and, for a resumed fit, the loops' and the optimizer's. A damaged or hostile
-state is one :class:`~gpu_lessons.errors.CheckpointError` naming what is wrong, never a hang, a traceback or a
-silent surprise mid-run."""
+"""The states Lightning restores from a checkpoint (the callbacks', and for a resumed fit the loops' and optimizer's),
+checked first: a damaged or hostile one is one :class:`~gpu_lessons.errors.CheckpointError`, never a traceback."""
 
 from __future__ import annotations
 
 from typing import Any, Optional
 
 import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
 
 from gpu_lessons.data.batches import MAX_COUNT, POSITION_KEYS, check_position
 from gpu_lessons.errors import PREVIEW, CheckpointError, preview
@@ -15,15 +14,15 @@ from gpu_lessons.errors import PREVIEW, CheckpointError, preview
 PLAIN_SCALARS = (bool, int, float, str, type(None))  # the values a config or a checkpoint's settings may hold
 MAX_HISTORY = 100_000  # epochs in a run's learning curves
 MAX_SAVED_CHECKPOINTS = 10_000  # a ModelCheckpoint's best_k_models
-_PATH_KEYS = ("best_model_path", "kth_best_model_path", "last_model_path")
+_MODEL_CHECKPOINT_KEYS = frozenset(ModelCheckpoint().state_dict())
+_OPTIONAL_KEYS = ("dirpath", "monitor")  # strings or None
+_PATH_KEYS = ("best_model_path", "kth_best_model_path", "last_model_path", *_OPTIONAL_KEYS)
 _SCORE_KEYS = ("best_model_score", "current_score", "kth_value")
 
 
 def check_callback_states(checkpoint: dict[str, Any], source: object) -> None:
-    """Raise :class:`CheckpointError` unless ``checkpoint["callbacks"]`` is a mapping of state keys to states and the
-    states of the callbacks this package adds (a ``ModelCheckpoint``'s, the pictures' history, the random states)
-    are well formed. Which files a ``ModelCheckpoint`` state may name is :class:`ConfinedCheckpoint`'s to decide, as
-    only it knows its folder."""
+    """Raise :class:`CheckpointError` unless the checkpoint's callback states are a mapping and the states of this
+    package's callbacks are well formed (which files they may name is :class:`ConfinedCheckpoint`'s to decide)."""
     states = checkpoint.get("callbacks", {})
     if not isinstance(states, dict) or not all(isinstance(key, str) and isinstance(state, dict) for key, state in states.items()):
         raise CheckpointError(f"{source} is damaged: its callbacks state is not a mapping of callback names to states")
@@ -38,9 +37,8 @@ def check_callback_states(checkpoint: dict[str, Any], source: object) -> None:
 
 
 def checked_model_checkpoint_state(state: Any, source: str) -> dict[str, Any]:
-    """A ``ModelCheckpoint`` state with its keys (those of Lightning's ``ModelCheckpoint.state_dict``) and types
-    checked: strings for the paths, at most :data:`MAX_SAVED_CHECKPOINTS` saved ones, scalar tensors (or ``None``) for
-    the scores. Anything else raises :class:`CheckpointError` naming the key."""
+    """A ``ModelCheckpoint`` state with Lightning's keys, string paths, at most :data:`MAX_SAVED_CHECKPOINTS` saved
+    ones and scalar tensor scores, or a :class:`CheckpointError` naming the key."""
     if not isinstance(state, dict):
         raise CheckpointError(f"{source}: its state is not a mapping")
     unknown = sorted(str(key) for key in state if key not in _MODEL_CHECKPOINT_KEYS)
@@ -50,16 +48,13 @@ def checked_model_checkpoint_state(state: Any, source: str) -> dict[str, Any]:
     if missing:
         raise CheckpointError(f"{source}: its state has no {' or '.join(missing)}")
     for key, value in state.items():
-        if key in _PATH_KEYS or key in ("dirpath", "monitor"):
-            fine = (isinstance(value, str) and "\x00" not in value) or (value is None and key in ("dirpath", "monitor"))
+        if key in _PATH_KEYS:
+            fine = _is_path(value) or (value is None and key in _OPTIONAL_KEYS)
         elif key in _SCORE_KEYS:
             fine = value is None or _is_score(value)
         elif key == "best_k_models":
-            fine = (
-                isinstance(value, dict)
-                and len(value) <= MAX_SAVED_CHECKPOINTS
-                and all(isinstance(path, str) and "\x00" not in path and _is_score(score) for path, score in value.items())
-            )
+            fine = isinstance(value, dict) and len(value) <= MAX_SAVED_CHECKPOINTS
+            fine = fine and all(_is_path(path) and _is_score(score) for path, score in value.items())
         else:  # a key a newer Lightning keeps: plain values only
             fine = isinstance(value, PLAIN_SCALARS) or _is_score(value)
         if not fine:
@@ -67,23 +62,9 @@ def checked_model_checkpoint_state(state: Any, source: str) -> dict[str, Any]:
     return state
 
 
-def _is_score(value: object) -> bool:
-    return isinstance(value, torch.Tensor) and value.numel() == 1 and value.is_floating_point()
-
-
-def _model_checkpoint_keys() -> frozenset[str]:
-    from lightning.pytorch.callbacks import ModelCheckpoint
-
-    return frozenset(ModelCheckpoint().state_dict())
-
-
-_MODEL_CHECKPOINT_KEYS = _model_checkpoint_keys()
-
-
 def checked_history(state: Any, source: str) -> list[dict[str, float]]:
-    """The pictures' state (``{"history": [...]}``) as learning curves, or a :class:`CheckpointError` naming what
-    is wrong: at most :data:`MAX_HISTORY` per-epoch dicts, each with an integer ``epoch`` and at most 64 named
-    numbers."""
+    """The pictures' state (``{"history": [...]}``) as learning curves: at most :data:`MAX_HISTORY` dicts, each an
+    integer ``epoch`` and at most 64 named numbers; else a :class:`CheckpointError`."""
     if not isinstance(state, dict) or set(state) - {"history"}:
         raise CheckpointError(f"{source}: its learning curves are damaged (not a mapping with only a history)")
     history = state.get("history")
@@ -95,35 +76,32 @@ def checked_history(state: Any, source: str) -> list[dict[str, float]]:
         if (
             not isinstance(entry, dict)
             or len(entry) > 64
-            or isinstance(entry.get("epoch"), bool)
-            or not isinstance(entry.get("epoch"), int)
-            or not all(isinstance(k, str) and isinstance(v, (int, float)) and not isinstance(v, bool) for k, v in entry.items())
+            or not _is_number(entry.get("epoch"), int)
+            or not all(isinstance(key, str) and _is_number(value) for key, value in entry.items())
         ):
             raise CheckpointError(f"{source}: its learning curves are damaged (not a list of per-epoch numbers)")
     return [dict(entry) for entry in history]
 
 
 def checked_random_states(state: Any, source: str) -> dict[str, Any]:
-    """The random-number states of ``RandomStates`` (torch's CPU generator, a CUDA generator or ``None``, Python's
-    ``random``), or a :class:`CheckpointError`: the exact keys, uint8 tensors of the generators' sizes, and the
-    shape of ``random.getstate()``."""
+    """``RandomStates``' state (torch's generator, a CUDA one or ``None``, Python's ``random``), with the exact keys,
+    uint8 tensors of the generators' sizes and the shape of ``random.getstate()``; else a :class:`CheckpointError`."""
     if not isinstance(state, dict) or set(state) != {"torch", "cuda", "python"}:
         raise CheckpointError(f"{source}: the random-number states are damaged (not torch, cuda and python states)")
     size = torch.get_rng_state().numel()
     generators = [state["torch"]] + ([] if state["cuda"] is None else [state["cuda"]])
     python = state["python"]
+    version, internal, gauss = python if isinstance(python, tuple) and len(python) == 3 else (None, None, None)
     fine = (
         all(isinstance(g, torch.Tensor) and g.dtype == torch.uint8 and g.dim() == 1 and g.numel() <= 4 * size for g in generators)
         and state["torch"].numel() == size
-        and isinstance(python, tuple)
-        and len(python) == 3
-        and isinstance(python[0], int)
-        and isinstance(python[1], tuple)
-        and len(python[1]) == 625
-        and all(isinstance(n, int) and not isinstance(n, bool) and 0 <= n < 2**32 for n in python[1][:624])
-        and isinstance(python[1][624], int)
-        and 0 <= python[1][624] <= 624
-        and (python[2] is None or isinstance(python[2], float))
+        and isinstance(version, int)
+        and isinstance(internal, tuple)
+        and len(internal) == 625
+        and all(_is_number(n, int) and 0 <= n < 2**32 for n in internal[:624])
+        and isinstance(internal[624], int)
+        and 0 <= internal[624] <= 624
+        and (gauss is None or isinstance(gauss, float))
     )
     if not fine:
         raise CheckpointError(f"{source}: the random-number states are damaged (not the generators' states)")
@@ -133,10 +111,9 @@ def checked_random_states(state: Any, source: str) -> dict[str, Any]:
 def check_resumable(
     checkpoint: dict[str, Any], model: torch.nn.Module, source: object, fresh_fit_loop: Optional[dict[str, Any]] = None
 ) -> None:
-    """Raise :class:`CheckpointError` unless ``fit`` can resume from the checkpoint: it has the loops' and
-    optimizer's state (not only weights); its fit loop's state has every key of ``fresh_fit_loop`` (a new
-    trainer's ``fit_loop.state_dict()``) with counts for counts; and, for a lesson, its one optimizer state is the
-    configured optimizer's, for the lesson's parameters and of their shapes."""
+    """Raise :class:`CheckpointError` unless ``fit`` can resume from the checkpoint: it has loop and optimizer states,
+    its fit loop's is shaped as ``fresh_fit_loop`` (a new trainer's), and a lesson's one optimizer state (and
+    scheduler state) fits the configured optimizer and the lesson's parameters."""
     missing = [key for key in ("loops", "optimizer_states") if not isinstance(checkpoint.get(key), (dict, list))]
     if missing:
         raise CheckpointError(
@@ -156,9 +133,9 @@ def check_resumable(
             if isinstance(position, dict) and set(position) <= set(POSITION_KEYS):
                 check_position(position, source)
     factory = getattr(model, "optimizer_factory", None)
-    states = checkpoint["optimizer_states"]
     if factory is None:  # a module that configures its own optimizers: Lightning's loading checks them
         return
+    states = checkpoint["optimizer_states"]
     if not isinstance(states, list) or len(states) != 1 or not isinstance(states[0], dict):
         count = len(states) if isinstance(states, (list, dict)) else "no"
         raise CheckpointError(f"{source} holds {count} optimizer states; {type(model).__name__} trains with one optimizer")
@@ -167,12 +144,21 @@ def check_resumable(
         raise CheckpointError(f"{source} is damaged: its optimizer state has no usable param_groups and state")
     parameters = list(model.parameters())
     ids = groups[0].get("params")
-    if not isinstance(ids, list) or ids != list(range(len(parameters))):
+    if ids != list(range(len(parameters))):
         shown = f"{len(ids):,} parameter ids" if isinstance(ids, list) else preview(ids)
         raise CheckpointError(
             f"{source}: its optimizer state is for {shown}, not this lesson's {len(parameters)} parameters"
         )
-    _check_optimizer_tensors(state, parameters, source)
+    for parameter_id, buffers in state.items():  # each buffer has its parameter's shape, or is a scalar (a step)
+        if not isinstance(parameter_id, int) or not 0 <= parameter_id < len(parameters) or not isinstance(buffers, dict):
+            raise CheckpointError(f"{source} is damaged: its optimizer state has an entry for {preview(parameter_id)}")
+        shape = parameters[parameter_id].shape
+        for name, buffer in buffers.items():
+            if isinstance(buffer, torch.Tensor) and buffer.dim() > 0 and buffer.shape != shape:
+                raise CheckpointError(
+                    f"{source} is damaged: its optimizer's {preview(name)} for parameter {parameter_id} has shape "
+                    f"{list(buffer.shape)}, not {list(shape)}"
+                )
     # Load the saved settings into the configured optimizer on stand-ins of the parameters: what the optimizer then
     # still lacks (SGD's momentum after Adam's state) would fail with a KeyError at the first step.
     probe = factory([torch.nn.Parameter(torch.zeros_like(parameter)) for parameter in parameters])
@@ -196,11 +182,8 @@ def check_resumable(
 
 
 def _check_scheduler_states(states: list[Any], model: torch.nn.Module, optimizer: Any, source: object) -> None:
-    """The saved LR scheduler states have the configured scheduler's keys and kinds of values (its strings, such as
-    ReduceLROnPlateau's mode, the configured ones): torch copies them onto the scheduler unchecked, and a wrong one
-    fails mid-run."""
-    factory = getattr(model, "scheduler_factory", None)
-    if factory is None:
+    """The saved LR scheduler states are shaped as the configured scheduler's: torch copies them onto it unchecked."""
+    if getattr(model, "scheduler_factory", None) is None:
         if states:
             raise CheckpointError(f"{source} holds {len(states)} LR scheduler states; {type(model).__name__} has no scheduler")
         return
@@ -215,27 +198,24 @@ def _check_scheduler_states(states: list[Any], model: torch.nn.Module, optimizer
 
 def _check_like(saved: Any, fresh: Any, where: str, source: object) -> None:
     """``saved`` is shaped as ``fresh`` is: the same keys, list lengths, strings, and kinds of numbers."""
+    keys: Any = ()
     if isinstance(fresh, dict):
-        fine = isinstance(saved, dict) and set(saved) == set(fresh)
+        fine, keys = isinstance(saved, dict) and set(saved) == set(fresh), fresh
     elif isinstance(fresh, (list, tuple)):
-        fine = isinstance(saved, (list, tuple)) and len(saved) == len(fresh)
+        fine, keys = isinstance(saved, (list, tuple)) and len(saved) == len(fresh), range(len(fresh))
     elif isinstance(fresh, str):
         fine = saved == fresh
-    else:
-        fine = _like(saved, fresh) and (fresh is not None or saved is None or isinstance(saved, (int, float)))
+    else:  # a setting that is None by default may be saved as a number, not a string
+        fine = _like(saved, fresh) and not (fresh is None and isinstance(saved, str))
     if not fine:
         raise CheckpointError(f"{source} is damaged: its {where} is {preview(saved)}, where the configured one has {preview(fresh)}")
-    if isinstance(fresh, dict):
-        for key in fresh:
-            _check_like(saved[key], fresh[key], f"{where}.{key}", source)
-    elif isinstance(fresh, (list, tuple)):
-        for i, (item, expected) in enumerate(zip(saved, fresh)):
-            _check_like(item, expected, f"{where}[{i}]", source)
+    for key in keys:
+        inner = f"{where}.{key}" if isinstance(fresh, dict) else f"{where}[{key}]"
+        _check_like(saved[key], fresh[key], inner, source)
 
 
 def check_stage_loop(checkpoint: dict[str, Any], stage: str, fresh: dict[str, Any], source: object) -> None:
-    """For validate, test or predict: the stage's own loop state, which Lightning restores from a checkpoint that has
-    loops (one without them, weights only, restores none)."""
+    """For validate, test or predict: the stage's own loop state, which Lightning restores if there are loops."""
     loops = checkpoint.get("loops")
     if loops is None:
         return
@@ -246,48 +226,45 @@ def check_stage_loop(checkpoint: dict[str, Any], stage: str, fresh: dict[str, An
 
 def _check_loop_state(saved: Any, fresh: dict[str, Any], where: str, source: object) -> None:
     """``saved`` has every key of ``fresh`` (a new loop's state), dicts for dicts, bools for bools and counts (0 to
-    :data:`MAX_COUNT`) for ints; keys a new loop lacks are only accepted inside a ``state_dict`` (a data loader's
-    position, which its owner checks)."""
+    :data:`MAX_COUNT`) for ints; unknown keys only inside a ``state_dict`` (a loader's position: its owner checks)."""
+    damaged = f"{source} is damaged: its loop state {where}"
     if not isinstance(saved, dict):
-        raise CheckpointError(f"{source} is damaged: its loop state {where} is {preview(saved)}, not a mapping")
-    missing = [key for key in fresh if key not in saved]
-    unknown = [key for key in saved if key not in fresh]
+        raise CheckpointError(f"{damaged} is {preview(saved)}, not a mapping")
+    missing = [str(key) for key in fresh if key not in saved]
+    unknown = [str(key) for key in saved if key not in fresh]
     if missing:
-        raise CheckpointError(f"{source} is damaged: its loop state {where} has no {', '.join(map(str, missing))[:PREVIEW]}")
+        raise CheckpointError(f"{damaged} has no {', '.join(missing)[:PREVIEW]}")
     if unknown and not where.endswith("state_dict"):
-        raise CheckpointError(f"{source} is damaged: its loop state {where} has unknown keys {', '.join(map(str, unknown))[:PREVIEW]}")
+        raise CheckpointError(f"{damaged} has unknown keys {', '.join(unknown)[:PREVIEW]}")
     for key, expected in fresh.items():
         value, inner = saved[key], f"{where}.{key}"
         if isinstance(expected, dict):
             _check_loop_state(value, expected, inner, source)
-        elif isinstance(expected, bool):
-            if not isinstance(value, bool):
-                raise CheckpointError(f"{source} is damaged: its loop state {inner} is {preview(value)}, not true or false")
-        elif isinstance(expected, int) and (isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_COUNT):
+        elif isinstance(expected, bool) and not isinstance(value, bool):
+            raise CheckpointError(f"{source} is damaged: its loop state {inner} is {preview(value)}, not true or false")
+        elif _is_number(expected, int) and not (_is_number(value, int) and 0 <= value <= MAX_COUNT):
             raise CheckpointError(f"{source} is damaged: its loop state {inner} is {preview(value)}, not a count")
-
-
-def _check_optimizer_tensors(state: dict[Any, Any], parameters: list[torch.Tensor], source: object) -> None:
-    """Each saved optimizer buffer belongs to one of the parameters and has its shape (or is a scalar: a step)."""
-    for parameter_id, buffers in state.items():
-        if not isinstance(parameter_id, int) or not 0 <= parameter_id < len(parameters) or not isinstance(buffers, dict):
-            raise CheckpointError(f"{source} is damaged: its optimizer state has an entry for {preview(parameter_id)}")
-        shape = parameters[parameter_id].shape
-        for name, buffer in buffers.items():
-            if isinstance(buffer, torch.Tensor) and buffer.dim() > 0 and buffer.shape != shape:
-                raise CheckpointError(
-                    f"{source} is damaged: its optimizer's {preview(name)} for parameter {parameter_id} has shape "
-                    f"{list(buffer.shape)}, not {list(shape)}"
-                )
 
 
 def _like(value: object, default: object) -> bool:
     """Whether a saved optimizer setting has the kind of value the optimizer's own default has."""
-    number = (int, float)
     if isinstance(default, bool):
         return isinstance(value, bool)
-    if isinstance(default, number) or isinstance(default, torch.Tensor):
-        return (isinstance(value, number) and not isinstance(value, bool)) or (isinstance(value, torch.Tensor) and value.numel() == 1)
+    if isinstance(default, (int, float, torch.Tensor)):
+        return _is_number(value) or (isinstance(value, torch.Tensor) and value.numel() == 1)
     if isinstance(default, (tuple, list)):
-        return isinstance(value, (tuple, list)) and len(value) == len(default) and all(_like(v, d) for v, d in zip(value, default))
-    return value is None or isinstance(value, (bool, str, *number))  # None defaults (foreach, fused): plain values
+        return isinstance(value, (tuple, list)) and len(value) == len(default) and all(map(_like, value, default))
+    return isinstance(value, PLAIN_SCALARS)  # None defaults (foreach, fused): plain values
+
+
+def _is_number(value: object, kinds: type | tuple[type, ...] = (int, float)) -> bool:
+    """A number of ``kinds`` and not a bool (an int to Python, not to a checkpoint)."""
+    return isinstance(value, kinds) and not isinstance(value, bool)
+
+
+def _is_path(value: object) -> bool:
+    return isinstance(value, str) and "\x00" not in value
+
+
+def _is_score(value: object) -> bool:
+    return isinstance(value, torch.Tensor) and value.numel() == 1 and value.is_floating_point()

@@ -1,5 +1,5 @@
-"""Reading checkpoints, which are someone else's data: tensors and plain values only (never pickled code), nothing in
-them chooses code, and every part is checked before Lightning or the lesson acts on it."""
+"""Reading checkpoints, which are someone else's data: tensors and plain values only, nothing in them chooses code,
+and every part is checked before Lightning or the lesson acts on it."""
 
 from __future__ import annotations
 
@@ -22,32 +22,20 @@ from gpu_lessons.errors import CheckpointError, imported_class, preview
 
 T = TypeVar("T")
 
-
-# What LightningCLI records in every checkpoint it writes. It is accepted (so those checkpoints load) but never
-# called: classes are built here from the checked plain values, never by an instantiator a checkpoint names.
+# What LightningCLI records in every checkpoint: accepted, never called (classes are built here from checked values)
 LIGHTNING_CLI_INSTANTIATOR = "lightning.pytorch.cli.instantiate_module"
 _SEQUENCES = (list, tuple, typing.get_origin(typing.Sequence[int]))
 
-
-# Bounds on what a checkpoint may hold, checked before anything walks it: a 19 KB file of shared references can
-# describe 2^40 entries, and a small deflated entry can unpack to gigabytes.
+# Checked before anything walks a checkpoint: a 19 KB file of shared references can describe 2^40 entries.
 MAX_DEPTH = 24  # a Lightning checkpoint nests 8 deep (loops); hyperparameters are flat
 MAX_ENTRIES = 1_000_000  # containers' items visited, shared ones counted at each visit
 MAX_STRING = 100_000  # characters in one string
 
 
 def load_checkpoint(path: PathLike, map_location: Any = "cpu", weights_only: Optional[bool] = None) -> dict[str, Any]:
-    """Load a checkpoint with ``weights_only=True``: tensors and plain data only, never pickled code. Every read of a
-    checkpoint goes through here (the CLI's, Lightning's through :class:`AtomicCheckpointIO`, ``load_from_checkpoint``,
-    the export, the pictures).
-
-    Before unpacking, its archive must store its entries as ``torch.save`` does (uncompressed, so its size in memory
-    is its size on disk); after, it must be bounded (:func:`check_bounded`) and its ``callbacks`` states well formed
-    (:func:`check_callback_states`). ``weights_only`` is for callers that hand on Lightning's or torch's argument:
-    ``None`` or ``True``; ``False`` is refused. Passing ``weights_only=True`` to torch explicitly also overrides
-    ``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1``. Raises :class:`CheckpointError` with what is wrong instead of torch's
-    unpickling traceback.
-    """
+    """Load a checkpoint with ``weights_only=True`` (explicitly, which also overrides
+    ``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1``; ``weights_only=False`` is refused): every read of one goes through here.
+    Its archive, size, tensors and callback states are checked; anything wrong is a :class:`CheckpointError`."""
     if weights_only is False:
         raise CheckpointError("gpu_lessons loads checkpoints with weights_only=True only")
     path = Path(path)
@@ -93,8 +81,8 @@ def _unpickled(file: Any, path: Path, map_location: Any) -> Any:
 
 
 def _open_regular_file(path: Path) -> IO[bytes]:
-    """``path`` opened for reading if it is a regular file, else a :class:`CheckpointError` saying what is there (a
-    FIFO or ``/dev/zero`` would block or never end). Opened without blocking and checked on the open file itself."""
+    """``path`` opened (without blocking) if it is a regular file, else a :class:`CheckpointError` saying what is
+    there: a FIFO or ``/dev/zero`` would block or never end."""
     try:
         descriptor = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0))
     except FileNotFoundError:
@@ -111,12 +99,9 @@ def _open_regular_file(path: Path) -> IO[bytes]:
 
 
 def check_bounded(checkpoint: Any, source: object) -> None:
-    """Raise :class:`CheckpointError` unless the checkpoint nests at most :data:`MAX_DEPTH` deep, holds at most
-    :data:`MAX_ENTRIES` entries (shared references counted each time they appear, as a walk would meet them) and
-    strings of at most :data:`MAX_STRING` characters, and its tensors are ordinary ones: dense, of real data (not on
-    the meta device) and not overlapping in memory (an expanded tensor, which in-place updates reject).
-
-    Iterative, so a list nested 5,000 deep is refused, not a RecursionError. Run before anything else walks it."""
+    """Raise :class:`CheckpointError` unless the checkpoint is within :data:`MAX_DEPTH`, :data:`MAX_ENTRIES` (shared
+    references counted at each visit) and :data:`MAX_STRING`, and its tensors are ordinary. Iterative, so a list
+    nested 5,000 deep is refused, not a RecursionError."""
     pending: list[tuple[str, Any, int]] = [("", checkpoint, 0)]
     visited = 0
     while pending:
@@ -149,32 +134,18 @@ def _is_ordinary(tensor: torch.Tensor) -> bool:
         return False
     if tensor.numel() <= 1:
         return True
-    extent = 1 + sum((size - 1) * abs(stride) for size, stride in zip(tensor.shape, tensor.stride()) if size > 1)
-    # every element at its own offset needs the offsets to span at least numel; with sorted strides, none may overlap
-    dims = sorted((abs(stride), size) for size, stride in zip(tensor.shape, tensor.stride()) if size > 1)
-    reach = 1
-    for stride, size in dims:
+    reach = 1  # with strides sorted, each must step past everything the smaller ones span
+    for stride, size in sorted((abs(stride), size) for size, stride in zip(tensor.shape, tensor.stride()) if size > 1):
         if stride < reach:
             return False
         reach = stride * size
-    return extent >= tensor.numel()
+    return True
 
 
 def checked_hyperparameters(checkpoint: dict[str, Any], base: type[T], source: object) -> tuple[type[T], dict[str, Any]]:
-    """The class a checkpoint was written by and its constructor arguments, as data only: nothing in it chooses code.
-
-    A checkpoint is someone else's data, and LightningCLI's and Lightning's ``load_from_checkpoint`` would let its
-    ``hyper_parameters`` pick code: a ``class_path`` for jsonargparse to import and call, an ``_instantiator`` to
-    import, a string that a ``Callable`` argument resolves by importing. Here:
-
-    * ``_class_path`` must name an already-imported subclass of ``base`` (nothing is imported); without it, ``base``;
-    * ``_instantiator`` may only be the value LightningCLI records, and is dropped;
-    * every value must be plain data (``None``, bool, number, string, or lists of those), so no nested class spec;
-    * an argument of the class's ``__init__`` whose type is not plain data (a network, an optimizer factory) is
-      refused; keys ``__init__`` does not take are dropped, as Lightning's own loading drops them.
-
-    Anything else raises :class:`CheckpointError` naming the key. ``source`` (the file) is only for messages.
-    """
+    """The class a checkpoint was written by (an imported subclass of ``base``, never imported) and its constructor
+    arguments: plain values for plain-typed arguments only, as Lightning's loading would let them choose code.
+    Keys ``__init__`` does not take are dropped, as Lightning drops them; anything else is a :class:`CheckpointError`."""
     hparams = checkpoint.get("hyper_parameters") or {}
     if not isinstance(hparams, dict) or not all(isinstance(key, str) for key in hparams):
         raise CheckpointError(f"{source}: its hyper_parameters are not a mapping of names to values")
@@ -225,8 +196,8 @@ def checked_hyperparameters(checkpoint: dict[str, Any], base: type[T], source: o
 
 
 def check_weights_fit(checkpoint: dict[str, Any], model: torch.nn.Module, source: object) -> None:
-    """Raise :class:`CheckpointError` unless the checkpoint's ``state_dict`` has exactly ``model``'s names and shapes
-    (saying which differ), before Lightning's ``load_state_dict`` would fail with a traceback mid-run."""
+    """Raise :class:`CheckpointError` (saying which differ) unless the checkpoint's weights have exactly ``model``'s
+    names and shapes: Lightning would fail with a traceback mid-run."""
     expected = model.state_dict()
     saved = checkpoint["state_dict"]
     problems = [f"no {name}" for name in expected if name not in saved]
@@ -244,13 +215,11 @@ def check_weights_fit(checkpoint: dict[str, Any], model: torch.nn.Module, source
 
 
 def _is_plain_value(value: object) -> bool:
-    if isinstance(value, (list, tuple)):
-        return all(_is_plain_value(item) for item in value)
-    return isinstance(value, PLAIN_SCALARS)
+    return all(map(_is_plain_value, value)) if isinstance(value, (list, tuple)) else isinstance(value, PLAIN_SCALARS)
 
 
 def _is_plain_type(annotation: object) -> bool:
-    """Whether an argument of this type can only receive plain data (jsonargparse would not import anything for it)."""
+    """Whether an argument of this type only takes plain data (jsonargparse would import nothing for it)."""
     if annotation in PLAIN_SCALARS:
         return True
     origin, args = typing.get_origin(annotation), typing.get_args(annotation)
