@@ -105,9 +105,9 @@ def say_how_the_data_differs(checkpoint: dict[str, Any], config: Namespace, ckpt
     data = config.get("data")
     if not isinstance(saved, dict) or not isinstance(data, Namespace) or not isinstance(data.get("init_args"), Namespace):
         return
-    trained_on = saved.get("_class_path")
-    if trained_on not in (None, data.class_path) and imported_class(str(trained_on)) is not imported_class(data.class_path):
-        sys.stderr.write(f"gpu_lessons: {ckpt_path} was trained on {preview(trained_on)}, this fit uses {data.class_path}\n")
+    trained_on, uses = saved.get("_class_path"), data.class_path
+    if trained_on not in (None, uses) and imported_class(str(trained_on)) is not imported_class(uses):
+        sys.stderr.write(f"gpu_lessons: {ckpt_path} was trained on {preview(trained_on)}, this fit uses {uses}\n")
         return
     now = data.init_args
     changes = [

@@ -77,7 +77,8 @@ class RunFolders:
             )
         self._note_new(folder)
         if logger_args is not None and logger_args.version is not None:
-            self._note_new(Path(logger_args.save_dir, logger_args.get("name") or "", version_folder(logger_args.version)))
+            log_root = Path(logger_args.save_dir, logger_args.get("name") or "")
+            self._note_new(log_root / version_folder(logger_args.version))
 
     def _note_new(self, folder: Path) -> None:
         """Remember ``folder`` if this run will create it, and the parents it will create with it."""
