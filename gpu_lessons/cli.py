@@ -1,18 +1,7 @@
-"""``python -m gpu_lessons {fit,validate,test,predict} --config configs/<lesson>.yaml``.
-
-A LightningCLI in subclass mode: a config picks any lesson (``model.class_path``) and any DataModule
-(``data.class_path``). On top of Lightning's CLI it adds what a learner on a laptop or a GPU box needs:
-
-* ``accelerator: gpu`` falls back to the CPU, with one line saying why, where CUDA is not usable
-  (``--strict_accelerator true`` makes that an error instead);
-* checkpoints in ``checkpoints/<run_name>/version_N/`` (best on ``val/loss`` and ``last.ckpt``), TensorBoard logs in
-  ``lightning_logs/<run_name>/version_N/`` with the run's ``config.yaml``, and the learning rate logged;
-* every callback and plugin it adds is a default of the config (``--print_config`` shows them; ``null`` or their
-  own switch turns one off), so a run's ``config.yaml`` runs it again;
-* ``predict`` prints readable predictions (``--output FILE.csv`` also writes them as CSV);
-* user errors (a missing checkpoint or dataset, CUDA required but absent) end in one ``error:`` line and exit
-  code 2, not a traceback.
-"""
+"""``python -m gpu_lessons {fit,validate,test,predict} --config configs/<lesson>.yaml``: a LightningCLI in subclass
+mode (any lesson, any DataModule) that falls back to the CPU where CUDA is not usable, gives each fit folders of its
+own, adds its callbacks as config defaults, checks ``--ckpt_path`` before anything is built, and ends a user's
+error in one ``error:`` line and exit code 2, not a traceback."""
 
 from __future__ import annotations
 
@@ -39,10 +28,6 @@ from gpu_lessons.progress import print_fit_summary, quiet_lightning, shown
 from gpu_lessons.run_folders import NonOverwritingSaveConfigCallback, RunFolders, checked_run_name, checkpoint_alias, default_run_name
 from gpu_lessons.checkpoint_states import check_resumable, check_stage_loop
 from gpu_lessons.safe_checkpoints import check_weights_fit, checked_hyperparameters, load_checkpoint
-
-_LOGGER_DEFAULT_NAME = "lightning_logs"  # TensorBoardLogger's and CSVLogger's own default for ``name``
-_LIGHTNING_CKPT_ALIASES = ("last", "best", "hpc", "registry")
-
 
 
 class LessonCLI(LightningCLI):
@@ -72,8 +57,7 @@ class LessonCLI(LightningCLI):
         add_lesson_arguments(parser)
 
     def before_instantiate_classes(self) -> None:
-        """Resolve the CUDA fallback, the run's folders and the callbacks that follow from other settings, before
-        anything is built."""
+        """Resolve the CUDA fallback, the run's folders and the callbacks that follow from other settings."""
         config = _subcommand_config(self.config, self.subcommand)
         if self.subcommand is not None:
             config.ckpt_path = self.ckpt_path  # checked and held back by parse_arguments; the trainer reads it
@@ -82,10 +66,16 @@ class LessonCLI(LightningCLI):
         check_trainer_counts(config.trainer)
         resolve_accelerator(config.trainer, config.strict_accelerator)
         logger = config.trainer.logger
-        if isinstance(logger, Namespace) and logger.init_args.get("name") == _LOGGER_DEFAULT_NAME:
-            logger.init_args.name = config.run_name
-        if self.subcommand == "predict" and _is_default_logger(logger):
-            config.trainer.logger = False  # predictions are printed (and --output written): nothing to log
+        if isinstance(logger, Namespace):
+            logger_args = logger.init_args
+            if logger_args.get("name") == "lightning_logs":  # TensorBoardLogger's and CSVLogger's own default
+                logger_args.name = config.run_name
+            if (
+                self.subcommand == "predict"
+                and str(logger.get("class_path")).endswith("TensorBoardLogger")
+                and logger_args.get("save_dir") == "lightning_logs"
+            ):
+                config.trainer.logger = False  # predictions are printed (and --output written): nothing to log
         if config.trainer.logger in (False, []):
             config.lr_monitor = None  # it has nowhere to log to (and would fail the fit)
         if config.trainer.enable_progress_bar is False:
@@ -97,14 +87,10 @@ class LessonCLI(LightningCLI):
         self.folders.place(config, self.subcommand)
 
     def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
-        """Parse; then read ``--ckpt_path`` once and check it before anything is built: it exists, loads with
-        ``weights_only=True``, was written by the configured lesson, and its hyperparameters are plain values for that
-        lesson's arguments (:func:`~gpu_lessons.safe_checkpoints.checked_hyperparameters`: a checkpoint is someone else's
-        data, and nothing in it may choose code). The checked values are set on the config's lesson.
-
-        The path itself is held back (``self.ckpt_path``) until :meth:`before_instantiate_classes`: LightningCLI's own
-        merge of a checkpoint's hyperparameters, which runs in between, would read the file again and hand its
-        ``class_path`` to jsonargparse to import; with no ``ckpt_path`` in the config, it has nothing to read."""
+        """Parse; then read ``--ckpt_path`` (and ``--init_weights``) once and check it before anything is built
+        (:func:`~gpu_lessons.safe_checkpoints.checked_hyperparameters`: nothing in a checkpoint may choose code).
+        The path is held back in ``self.ckpt_path`` until :meth:`before_instantiate_classes`, so that LightningCLI's
+        own merge of a checkpoint's hyperparameters has nothing to read and import."""
         if args is None:  # the command line (LightningCLI warns about ``args`` given beside ``sys.argv``)
             self.config = parser.parse_args(with_config_files(sys.argv[1:]))
         else:
@@ -113,7 +99,7 @@ class LessonCLI(LightningCLI):
         self.ckpt_path: Optional[str] = None
         self.initial_weights: Optional[dict[str, Any]] = None
         subcommand = self.config.get("subcommand")
-        config = self.config.get(subcommand) if subcommand else self.config
+        config = _subcommand_config(self.config, subcommand)
         config.run_name = checked_run_name(config.run_name or default_run_name(config))
         check_seed(config.get("seed_everything"))
         if subcommand and config.get("weights_only") is None:
@@ -128,31 +114,26 @@ class LessonCLI(LightningCLI):
                     "give --ckpt_path (resume that run: its optimizer, schedule and epoch count) or --init_weights "
                     "(train anew from its weights, e.g. on other data), not both"
                 )
-            config.init_weights = self._resolved(config.init_weights, config, "--init_weights")
-            self.initial_weights, _ = self._checked_checkpoint(config.init_weights, config)
-        ckpt_path = config.get("ckpt_path")
-        if not ckpt_path:
+            path, self.initial_weights, _ = self._checked_checkpoint(config.init_weights, config, "--init_weights")
+            config.init_weights = path
+        if not config.get("ckpt_path"):
             return
-        self.ckpt_path, config.ckpt_path = self._resolved(ckpt_path, config), None
-        self.checkpoint, hparams = self._checked_checkpoint(self.ckpt_path, config)
+        self.ckpt_path, self.checkpoint, hparams = self._checked_checkpoint(config.ckpt_path, config, "--ckpt_path")
+        config.ckpt_path = None
         set_model_settings(config.model.init_args, hparams)
         if subcommand == "fit":
             say_how_the_data_differs(self.checkpoint, config, self.ckpt_path)
 
     @staticmethod
-    def _resolved(path: str, config: Namespace, flag: str = "--ckpt_path") -> str:
-        if path not in _LIGHTNING_CKPT_ALIASES:
-            return path
-        return str(checkpoint_alias(path, config.run_name, config.checkpoint.dirpath, flag))
-
-    @staticmethod
-    def _checked_checkpoint(path: str, config: Namespace) -> tuple[dict[str, Any], dict[str, Any]]:
-        """The checkpoint at ``path`` and its checked hyperparameters, if the config's lesson wrote it (or it records
-        no lesson, saved from Python: its values are then checked against the config's)."""
+    def _checked_checkpoint(path: str, config: Namespace, flag: str) -> tuple[str, dict[str, Any], dict[str, Any]]:
+        """The checkpoint's path (``last``/``best`` resolved), the checkpoint and its checked hyperparameters, if the
+        config's lesson wrote it (or it records no lesson: its values are then checked against the config's)."""
+        if path in ("last", "best", "hpc", "registry"):  # Lightning's aliases: only last and best are supported
+            path = str(checkpoint_alias(path, config.run_name, config.checkpoint.dirpath, flag))
         checkpoint = load_checkpoint(path)
         configured = imported_class(config.model.class_path) or Lesson  # already imported by parsing
         _, hparams = checked_hyperparameters(checkpoint, configured, path)
-        return checkpoint, hparams
+        return path, checkpoint, hparams
 
     def after_fit(self) -> None:
         """A short summary: the metrics, and the paths to give ``test``/``predict``/a resume."""
@@ -166,11 +147,10 @@ class LessonCLI(LightningCLI):
             print(f"pictures: {', '.join(shown(str(path)) for path in pictures.written)}")
 
     def instantiate_classes(self) -> None:
-        """Build model, data and trainer; a constructor's complaint about an argument (a ValueError, Lightning's
-        MisconfigurationException, a missing package for ``accelerator: tpu``) is a user error."""
+        """Build model, data and trainer; a constructor's complaint about an argument is a user error."""
         try:
             super().instantiate_classes()
-        except (ValueError, MisconfigurationException, ImportError) as error:
+        except (ValueError, MisconfigurationException, ImportError) as error:  # ImportError: e.g. accelerator tpu
             if isinstance(error.__cause__, UserError):  # jsonargparse's wrapping of a constructor's own UserError
                 raise error.__cause__ from None
             raise UserError(f"invalid configuration: {one_line(error)}") from None
@@ -199,7 +179,7 @@ class LessonCLI(LightningCLI):
                 self.trainer.strategy.checkpoint_io.hand_over(self.ckpt_path, self.checkpoint)
             if self.subcommand == "fit":
                 check_resumable(self.checkpoint, model, self.ckpt_path, self.trainer.fit_loop.state_dict())
-            elif self.subcommand in ("validate", "test", "predict"):
+            else:  # validate, test or predict
                 stage_loop = getattr(self.trainer, f"{self.subcommand}_loop").state_dict()
                 check_stage_loop(self.checkpoint, self.subcommand, stage_loop, self.ckpt_path)
 
@@ -207,7 +187,7 @@ class LessonCLI(LightningCLI):
         """The configured trainer, with the callbacks of :data:`CALLBACKS` that are not null after its own."""
         config = _subcommand_config(self.config_init, self.subcommand)
         configured = config.trainer.get("callbacks") or []
-        callbacks = [*(configured if isinstance(configured, list) else [configured])]
+        callbacks = list(configured) if isinstance(configured, list) else [configured]
         for callback in callbacks:
             if isinstance(callback, ModelCheckpoint) and not isinstance(callback, ConfinedCheckpoint):
                 # Lightning's own would act on the paths a checkpoint records (deleting them as they rotate out)
@@ -224,17 +204,8 @@ def _subcommand_config(config: Namespace, subcommand: Optional[str]) -> Namespac
     return config[subcommand] if subcommand else config
 
 
-def _is_default_logger(logger: Any) -> bool:
-    return (
-        isinstance(logger, Namespace)
-        and str(logger.get("class_path", "")).endswith("TensorBoardLogger")
-        and logger.init_args.get("save_dir") == "lightning_logs"
-    )
-
-
 def main(argv: Optional[list[str]] = None) -> int:
-    """The ``gpu-lessons`` console script and ``python -m gpu_lessons``: every subcommand, each through the one
-    error path (:func:`gpu_lessons.errors.exit_code`); 0 after a successful run, so ``fit ... && test ...`` chains."""
+    """The ``gpu-lessons`` console script: every subcommand through the one error path; 0 after a successful run."""
     args = sys.argv[1:] if argv is None else argv
     if args[:1] == ["--version"]:
         import lightning
@@ -250,24 +221,21 @@ def main(argv: Optional[list[str]] = None) -> int:
 
 
 def cli_main(args: Optional[list[str]] = None) -> LessonCLI:
-    """Run fit, validate, test or predict (``args`` instead of ``sys.argv`` lets tests drive it in-process): the
-    LessonCLI, or, for a problem the user can fix, ``SystemExit`` with its exit code after its one error line."""
+    """Run fit, validate, test or predict (``args`` instead of ``sys.argv``): the LessonCLI, or, for a problem the
+    user can fix, ``SystemExit`` with its exit code after its one error line."""
     quiet_lightning()
-    main_thread = threading.current_thread() is threading.main_thread()  # signal handlers can only be set there
-    previous = (
-        signal.signal(signal.SIGTERM, _stop_on_sigterm)
-        if main_thread and signal.getsignal(signal.SIGTERM) == signal.SIG_DFL else None
-    )
     pressed: list[int] = []
 
     def ctrl_c(signum: int, frame: Any) -> None:
         pressed.append(signum)  # Lightning turns a Ctrl-C inside a stage into its own exit(1): remember it was one
         raise KeyboardInterrupt
 
-    sigint = (
-        signal.signal(signal.SIGINT, ctrl_c)
-        if main_thread and signal.getsignal(signal.SIGINT) is signal.default_int_handler else None
-    )
+    previous = {}
+    if threading.current_thread() is threading.main_thread():  # signal handlers can only be set there
+        if signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:
+            previous[signal.SIGTERM] = signal.signal(signal.SIGTERM, _stop_on_sigterm)
+        if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+            previous[signal.SIGINT] = signal.signal(signal.SIGINT, ctrl_c)
     try:
         return LessonCLI(args=args)
     except BaseException as error:
@@ -278,16 +246,13 @@ def cli_main(args: Optional[list[str]] = None) -> LessonCLI:
             raise
         raise SystemExit(code) from None
     finally:
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
-        if sigint is not None:
-            signal.signal(signal.SIGINT, sigint)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
 
 def _stop_on_sigterm(signum: int, frame: Any) -> None:
-    """SIGTERM outside a fit's steps (parsing, building, setting up data, the summary) stops the command like one
-    inside them: exit code 143 with its line, not a silent death. While Lightning runs a stage its own handler is
-    current, and it calls this one beside its own: then this does nothing, and Lightning stops after the batch."""
+    """SIGTERM outside a stage (parsing, building, the summary) stops the command as inside one: exit code 143.
+    While Lightning runs a stage, its own handler calls this one beside it: then this does nothing."""
     if signal.getsignal(signal.SIGTERM) is _stop_on_sigterm:
         raise SIGTERMException()
 

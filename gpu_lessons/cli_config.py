@@ -1,6 +1,5 @@
-"""What the CLI adds to Lightning's command line: its help, its own options (``--run_name``, ``--init_weights``, ...),
-and every callback and plugin it adds to the trainer as a config key with a visible default (``null`` switches one
-off)."""
+"""What the CLI adds to Lightning's command line: its help, its own options, and each callback and plugin it adds to
+the trainer as a config key with a visible default (``null`` switches one off)."""
 
 from __future__ import annotations
 
@@ -15,8 +14,7 @@ from gpu_lessons.pictures import LessonPictures
 from gpu_lessons.predictions import PredictionPrinter
 from gpu_lessons.progress import output_is_a_terminal
 
-# The subcommands beside Lightning's fit, validate, test and predict: name -> (the module whose
-# main(argv, prog) runs it, what it does). Each reports errors like the others (gpu_lessons.errors).
+# The subcommands beside Lightning's: name -> (the module whose main(argv, prog) runs it, what it does).
 TOOLS = {
     "lessons": ("gpu_lessons.lessons", "the lessons and what each reaches (--copy NAME writes NAME.yaml to edit)"),
     "course": ("gpu_lessons.course", "a lesson's plain PyTorch loop, as the course writes it (--compare: against Lightning)"),
@@ -24,7 +22,7 @@ TOOLS = {
     "pictures": ("gpu_lessons.pictures", "runs' learning curves side by side"),
     "doctor": ("gpu_lessons.doctor", "is the GPU usable, and how fast is it?"),
 }
-# What each of Lightning's subcommands does here (Lightning's own help line stops at its docstring's first line).
+# Lightning's own help line for a subcommand stops at its docstring's first line
 LIGHTNING_SUBCOMMANDS = {
     "fit": "train a lesson (resume with --ckpt_path)",
     "validate": "one pass over the validation set",
@@ -41,46 +39,24 @@ DESCRIPTION = (
     + " (`gpu-lessons NAME --help` for each); `gpu-lessons --version` prints the versions. Exit codes: 0 done, "
     "1 failed (a NaN loss, a full disk), 2 bad input, 130 stopped by Ctrl-C, 143 stopped by SIGTERM."
 )
-# The callbacks the CLI adds beside checkpoint, last_checkpoint and pictures: a top-level key each, with the class
-# it may be, its default (set in add_arguments_to_parser, so --print_config and config.yaml show it) and its help;
-# null switches one off. The progress bar's default depends on the output: set beside them.
+# The callbacks the CLI adds beside checkpoint, last_checkpoint and pictures: a top-level key each, with the class it
+# may be (also its default, but for lr_monitor's and the progress bar's, set in add_lesson_arguments) and its help.
 CALLBACKS = {
-    "sigterm_checkpoint": (
-        CheckpointOnSigterm,
-        {"class_path": "gpu_lessons.checkpointing.CheckpointOnSigterm"},
-        "fit: on SIGTERM, save last.ckpt at the exact step, then exit 143.",
-    ),
-    "finite_loss_guard": (
-        FiniteLossGuard,
-        {"class_path": "gpu_lessons.callbacks.FiniteLossGuard"},
-        "fit: stop at the first NaN or infinite training loss, naming its step.",
-    ),
-    "random_states": (
-        RandomStates,
-        {"class_path": "gpu_lessons.callbacks.RandomStates"},
-        "Keep the random-number states in checkpoints, so that a resume is exact.",
-    ),
+    "sigterm_checkpoint": (CheckpointOnSigterm, "fit: on SIGTERM, save last.ckpt at the exact step, then exit 143."),
+    "finite_loss_guard": (FiniteLossGuard, "fit: stop at the first NaN or infinite training loss, naming its step."),
+    "random_states": (RandomStates, "Keep the random-number states in checkpoints, so that a resume is exact."),
     "cpu_cuda_check": (
         CudaRuntimeCheckOnCpu,
-        {"class_path": "gpu_lessons.callbacks.CudaRuntimeCheckOnCpu"},
-        "CPU runs: torch's GPU check (Adam makes it every step) asks the CUDA runtime once, not NVML every time.",
+        "CPU runs: torch's GPU check (Adam's, every step) asks the CUDA runtime once, not NVML every time.",
     ),
-    "lr_monitor": (
-        LearningRateMonitor,
-        {"class_path": "lightning.pytorch.callbacks.LearningRateMonitor", "init_args": {"logging_interval": "epoch"}},
-        "Log the learning rate (left out where trainer.logger is false).",
-    ),
+    "lr_monitor": (LearningRateMonitor, "Log the learning rate (left out where trainer.logger is false)."),
     "progress_bar": (
         ProgressBar,
-        None,
         "A bar redrawn every 10 steps in a terminal, otherwise a line per epoch (left out where "
         "trainer.enable_progress_bar is false).",
     ),
-    "predictions": (  # after the bar, so that the bar has closed its line before the predictions are printed
-        PredictionPrinter,
-        {"class_path": "gpu_lessons.predictions.PredictionPrinter"},
-        "predict: print the predictions (and write --output).",
-    ),
+    # after the bar, so that the bar has closed its line before the predictions are printed
+    "predictions": (PredictionPrinter, "predict: print the predictions (and write --output)."),
 }
 
 
@@ -91,48 +67,35 @@ def add_lesson_arguments(parser: LightningArgumentParser) -> None:
         "--run_name",
         type=Optional[str],
         default=None,
-        help="Names the run's folders: each fit writes checkpoints/<run_name>/version_N/ and "
-        "lightning_logs/<run_name>/version_N/ (the next N). Default: the first config file's name (cnn for "
-        "configs/cnn.yaml).",
+        help="Names the run's folders, checkpoints/<run_name>/version_N/ and lightning_logs/<run_name>/version_N/. "
+        "Default: the first config file's name (cnn for configs/cnn.yaml).",
     )
     parser.add_argument(
         "--strict_accelerator",
         type=bool,
         default=False,
-        help="With accelerator gpu/cuda on a machine where CUDA is not usable: fail instead of falling back "
-        "to the CPU.",
+        help="With accelerator gpu/cuda where CUDA is not usable: fail instead of falling back to the CPU.",
     )
     parser.add_argument(
         "--init_weights",
         type=Optional[str],
         default=None,
-        help="fit only: start from this checkpoint's weights (or last/best of the run), with a new optimizer, "
-        "schedule and epoch count: fine-tuning, e.g. the MNIST CNN on your own pictures. --ckpt_path instead "
-        "resumes that run where it stopped.",
+        help="fit only: start from this checkpoint's weights (or last/best of the run), with a new optimizer, schedule "
+        "and epoch count: fine-tuning. --ckpt_path instead resumes that run where it stopped.",
     )
     parser.add_argument(
         "--output",
         type=Optional[str],
         default=None,
-        help="predict only: also write the predictions to this CSV file (an existing file is never overwritten).",
+        help="predict only: also write the predictions to this CSV file (never overwritten).",
     )
-    # Everything the CLI adds to the trainer is a default here, shown by --print_config and kept in config.yaml.
     # checkpoint (the best on val/loss), last_checkpoint (last.ckpt, every epoch) and pictures are always built:
-    # save_top_k 0 or enabled false switch them off. The others may be null, or another class.
+    # save_top_k 0 or enabled false switch them off
     parser.add_lightning_class_args(LessonCheckpoint, "checkpoint")
     parser.add_lightning_class_args(ConfinedCheckpoint, "last_checkpoint")
     parser.add_lightning_class_args(LessonPictures, "pictures")
-    for key, (base, _, help_text) in CALLBACKS.items():
+    for key, (base, help_text) in CALLBACKS.items():
         parser.add_subclass_arguments(base, key, required=False, help=f"{help_text} null: none.")
-    # Redrawing a bar every step costs ~0.7 ms of Python, as much as a small model's step on a GPU; where output
-    # is not a terminal, every redraw would stay in the log: a line per epoch instead.
-    if output_is_a_terminal():
-        progress_bar = {
-            "class_path": "lightning.pytorch.callbacks.TQDMProgressBar",
-            "init_args": {"refresh_rate": 10},
-        }
-    else:
-        progress_bar = {"class_path": "gpu_lessons.progress.EpochLines"}
     parser.set_defaults(
         {
             "checkpoint.monitor": "val/loss",
@@ -144,10 +107,19 @@ def add_lesson_arguments(parser: LightningArgumentParser) -> None:
             "last_checkpoint.filename": ModelCheckpoint.CHECKPOINT_NAME_LAST,
             "last_checkpoint.monitor": None,
             "last_checkpoint.save_top_k": 1,
-            "last_checkpoint.save_on_train_epoch_end": True,
             "last_checkpoint.enable_version_counter": False,
-            **{key: default for key, (_, default, _) in CALLBACKS.items()},
-            "progress_bar": progress_bar,
+            "last_checkpoint.save_on_train_epoch_end": True,
+            **{key: {"class_path": f"{base.__module__}.{base.__name__}"} for key, (base, _) in CALLBACKS.items()},
+            "lr_monitor": {
+                "class_path": "lightning.pytorch.callbacks.LearningRateMonitor",
+                "init_args": {"logging_interval": "epoch"},
+            },
+            # a bar's redraw costs ~0.7 ms, a small model's step on a GPU; in a log file every redraw would stay
+            "progress_bar": (
+                {"class_path": "lightning.pytorch.callbacks.TQDMProgressBar", "init_args": {"refresh_rate": 10}}
+                if output_is_a_terminal()
+                else {"class_path": "gpu_lessons.progress.EpochLines"}
+            ),
             "trainer.logger": {
                 "class_path": "lightning.pytorch.loggers.TensorBoardLogger",
                 "init_args": {"save_dir": "lightning_logs"},

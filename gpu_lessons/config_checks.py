@@ -1,5 +1,5 @@
-"""Checks of what the user gave, before anything is built: config files (text, size, what YAML aliases expand to),
-Trainer counts Lightning only trips over mid-run, and what a checkpoint read for a resume changes in the config."""
+"""Checks of what the user gave, before anything is built: config files, Trainer counts Lightning only trips over
+mid-run, and what a checkpoint read for a resume changes in the config."""
 
 from __future__ import annotations
 
@@ -14,6 +14,12 @@ from jsonargparse import Namespace
 from gpu_lessons.data.tensor_datamodule import MAX_SEED
 from gpu_lessons.errors import UserError, imported_class, preview
 from gpu_lessons.lessons import config_path
+
+MAX_CONFIG_BYTES = 1_000_000
+MAX_CONFIG_VALUES = 100_000  # a lesson's config has about 50; aliases count at every use, as parsing expands them
+# Where data is read from and how it is served, not what it is: a resume elsewhere may change them freely.
+_DATA_LOCATION_KEYS = {"data_dir", "download", "num_workers", "on_device", "loader", "predict_images", "predict_x",
+                       "predict_points", "eval_batch_size"}
 
 
 def with_config_files(args: Any) -> Any:
@@ -30,9 +36,8 @@ def with_config_files(args: Any) -> Any:
 
 
 def config_file(value: str) -> str:
-    """A shipped lesson's name (``cnn``) becomes that lesson's config file (:func:`~gpu_lessons.lessons.config_path`:
-    a real file always wins). A file that is not UTF-8 text (a binary file given by mistake) is named in one line;
-    jsonargparse would fail on it with a UnicodeDecodeError traceback."""
+    """A shipped lesson's name (``cnn``) as its config file (a real file always wins), checked: a file that is not
+    UTF-8 text is named in one line, not jsonargparse's UnicodeDecodeError traceback."""
     value = config_path(value)
     if os.path.isfile(value):
         size = os.path.getsize(value)
@@ -50,14 +55,9 @@ def config_file(value: str) -> str:
     return value
 
 
-MAX_CONFIG_BYTES = 1_000_000
-MAX_CONFIG_VALUES = 100_000  # a lesson's config has about 50; aliases count at every use, as parsing expands them
-
-
 def check_config_expansion(text: str, name: str) -> None:
-    """Refuse a config that expands to more than :data:`MAX_CONFIG_VALUES` values before it is parsed: YAML
-    aliases of aliases ("billion laughs") make a few lines into gigabytes. A file that is not valid YAML is left
-    to the parser's own message."""
+    """Refuse a config that expands to more than :data:`MAX_CONFIG_VALUES` values: YAML aliases of aliases ("billion
+    laughs") make a few lines into gigabytes. Invalid YAML is left to the parser's own message."""
     try:
         root = yaml.compose(text, Loader=yaml.SafeLoader)
     except yaml.YAMLError:
@@ -74,52 +74,40 @@ def check_config_expansion(text: str, name: str) -> None:
             pending.extend(item for pair in node.value for item in pair)
 
 
-# Trainer arguments Lightning only trips over mid-run (accumulate_grad_batches 0 divides by zero at the first step).
-_POSITIVE_TRAINER_COUNTS = ("accumulate_grad_batches", "num_nodes", "check_val_every_n_epoch")
-
-
 def check_trainer_counts(trainer: Namespace) -> None:
-    for name in _POSITIVE_TRAINER_COUNTS:
+    """Refuse Trainer counts Lightning only trips over mid-run (``accumulate_grad_batches 0`` divides by zero)."""
+    for name in ("accumulate_grad_batches", "num_nodes", "check_val_every_n_epoch"):
         value = trainer.get(name)
         if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
             raise UserError(f"trainer.{name} must be a positive integer, got {preview(value)}")
-    # 0 would divide by zero mid-run (val_check_interval) or train nothing and still make the run's folders
-    for name in ("val_check_interval", "limit_train_batches"):
+    for name in ("val_check_interval", "limit_train_batches"):  # 0 would also train nothing, yet make the folders
         if trainer.get(name) == 0:
             raise UserError(f"trainer.{name} must be more than 0 (a number of batches, or a fraction of the epoch)")
 
 
 def set_model_settings(init_args: Namespace, hparams: dict[str, Any]) -> None:
-    """Set a checkpoint's checked hyperparameters on the config's lesson: where they differ from the config, they win
-    (they describe the trained network), and a line says so."""
-    changed = [
-        f"{key} {preview(init_args.get(key))} -> {preview(value)}"
-        for key, value in hparams.items()
-        if key in init_args and init_args.get(key) != value
-    ]
+    """Set a checkpoint's checked hyperparameters on the config's lesson: they describe the trained network, so they
+    win where they differ from the config, and a line says so."""
+    changed = []
     for key, value in hparams.items():
         if key in init_args:
+            if init_args.get(key) != value:
+                changed.append(f"{key} {preview(init_args.get(key))} -> {preview(value)}")
             init_args[key] = value
     if changed:
         sys.stderr.write(f"gpu_lessons: the checkpoint's model settings replace the config's: {', '.join(changed)}\n")
 
 
-# Where data is read from and how it is served, not what it is: a resume elsewhere may change them freely.
-_DATA_LOCATION_KEYS = {"data_dir", "download", "num_workers", "on_device", "loader", "predict_images", "predict_x",
-                       "predict_points", "eval_batch_size"}
-
-
 def say_how_the_data_differs(checkpoint: dict[str, Any], config: Namespace, ckpt_path: str) -> None:
-    """A resume trains on with the checkpoint's network; if the config's data is other than the data it was trained
-    on (noise labels instead of the pattern), say so in one line: that may be meant (fine-tuning), or a mix-up."""
+    """Say in one line if a resume's data is other than the data the checkpoint was trained on: that may be meant
+    (fine-tuning), or a mix-up."""
     saved = checkpoint.get("datamodule_hyper_parameters")
     data = config.get("data")
     if not isinstance(saved, dict) or not isinstance(data, Namespace) or not isinstance(data.get("init_args"), Namespace):
         return
-    if saved.get("_class_path") not in (None, data.class_path) and imported_class(str(saved.get("_class_path"))) is not (
-        imported_class(data.class_path)
-    ):
-        sys.stderr.write(f"gpu_lessons: {ckpt_path} was trained on {preview(saved['_class_path'])}, this fit uses {data.class_path}\n")
+    trained_on, uses = saved.get("_class_path"), data.class_path
+    if trained_on not in (None, uses) and imported_class(str(trained_on)) is not imported_class(uses):
+        sys.stderr.write(f"gpu_lessons: {ckpt_path} was trained on {preview(trained_on)}, this fit uses {uses}\n")
         return
     now = data.init_args
     changes = [
@@ -132,10 +120,8 @@ def say_how_the_data_differs(checkpoint: dict[str, Any], config: Namespace, ckpt
         sys.stderr.write(f"gpu_lessons: the data differs from what {ckpt_path} was trained on: {', '.join(changes)}\n")
 
 
-
 def check_seed(seed: Any) -> None:
-    """``seed_everything`` as Lightning takes it: ``true`` (pick one), ``false``/null (none) or 0 to 2**32 - 1; a larger
-    number would fail inside Lightning with a traceback."""
+    """``seed_everything`` as Lightning takes it: ``true``, ``false``/null or 0 to 2**32 - 1 (more fails inside it)."""
     if isinstance(seed, bool) or seed is None:
         return
     if not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:

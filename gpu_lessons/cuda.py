@@ -9,8 +9,6 @@ import torch
 
 from gpu_lessons.errors import UserError, preview
 
-GPU_ACCELERATORS = ("gpu", "cuda")
-
 
 def cuda_unavailable_reason() -> Optional[str]:
     """Why CUDA cannot be used here and how to fix it, or ``None`` when it can."""
@@ -28,10 +26,10 @@ def cuda_unavailable_reason() -> Optional[str]:
 
 
 def resolve_accelerator(trainer: Any, strict: bool) -> None:
-    """``accelerator: gpu`` (or ``cuda``) where CUDA is not usable: the CPU, in one process, with one line saying
-    why; with ``strict``, a :class:`UserError` instead. ``trainer`` is the config's trainer settings (changed here)."""
+    """``accelerator: gpu``/``cuda`` where CUDA is not usable: the CPU, in one process, with one line saying why (with
+    ``strict``, a :class:`UserError`). ``trainer`` is the config's trainer settings, changed here."""
     accelerator = trainer.accelerator
-    if not isinstance(accelerator, str) or accelerator.lower() not in GPU_ACCELERATORS:
+    if not isinstance(accelerator, str) or accelerator.lower() not in ("gpu", "cuda"):
         return
     reason = cuda_unavailable_reason()
     if reason is None:
@@ -42,8 +40,7 @@ def resolve_accelerator(trainer: Any, strict: bool) -> None:
     if strict:
         raise UserError(f"accelerator '{accelerator}' was requested with strict_accelerator, but {reason}")
     sys.stderr.write(f"gpu_lessons: accelerator '{accelerator}' -> 'cpu': {reason}. Pass --strict_accelerator true to make this an error.\n")
-    # One process: ``devices: 2`` meant two GPUs, not two CPU processes.
-    trainer.accelerator, trainer.devices = "cpu", 1
+    trainer.accelerator, trainer.devices = "cpu", 1  # ``devices: 2`` meant two GPUs, not two CPU processes
 
 
 def _is_device_count(devices: Any) -> bool:

@@ -1,19 +1,6 @@
-"""Errors the user can fix, and the one path by which every ``gpu-lessons`` subcommand reports them.
-
-Every subcommand (Lightning's fit, validate, test and predict, and lessons, export, pictures, doctor) ends the same
-way: a problem the user can fix is one ``error:`` line on stderr, no traceback, and one of these exit codes.
-
-* 0: done.
-* 1 (``EXIT_FAILED``): it ran and failed: a non-finite loss, a full disk or a file the machine will not let it
-  write or read, a doctor check.
-* 2 (``EXIT_BAD_INPUT``): bad input, refused: an argument, a config, a checkpoint, a dataset, an output file that
-  already exists.
-* 143 (``EXIT_SIGTERM``, 128 + SIGTERM): stopped by SIGTERM (a fit saves its ``last.ckpt`` first, with the
-  default ``sigterm_checkpoint``).
-* 130 (``EXIT_CTRL_C``, 128 + SIGINT): stopped by Ctrl-C (a fit says which ``last.ckpt`` is kept, and how to resume).
-
-Anything else is a bug, and keeps its traceback.
-"""
+"""Errors the user can fix, and the one path by which every ``gpu-lessons`` subcommand reports them: one ``error:``
+line on stderr, no traceback, and exit code 1 (ran and failed: a NaN loss, a full disk), 2 (bad input), 130
+(Ctrl-C) or 143 (SIGTERM). Anything else is a bug, and keeps its traceback."""
 
 import argparse
 import difflib
@@ -29,8 +16,8 @@ from lightning.pytorch.utilities.exceptions import MisconfigurationException, SI
 
 EXIT_FAILED = 1
 EXIT_BAD_INPUT = 2
-EXIT_SIGTERM = 143
-EXIT_CTRL_C = 130  # 128 + SIGINT, as a shell reports Ctrl-C
+EXIT_SIGTERM = 143  # 128 + the signal's number, as a shell reports it
+EXIT_CTRL_C = 130
 PREVIEW = 60  # characters of someone else's value that a message echoes
 
 # OSErrors that describe the machine (disk, permissions, paths), not a bug
@@ -79,12 +66,11 @@ def print_error(message: object) -> None:
 
 
 def exit_code(error: BaseException) -> Optional[int]:
-    """The one error path: for a problem the user can fix, print its one line and return the exit code (see the
-    module docstring); for anything else (a bug) print nothing and return ``None``, for the caller to re-raise."""
-    if isinstance(error, SIGTERMException):  # not an error: the run was asked to stop
+    """For a problem the user can fix, print its one line and return the exit code; for a bug, ``None``."""
+    if isinstance(error, SIGTERMException):  # not errors: the run was asked to stop
         sys.stderr.write("stopped by SIGTERM\n")
         return EXIT_SIGTERM
-    if isinstance(error, KeyboardInterrupt):  # nor is Ctrl-C
+    if isinstance(error, KeyboardInterrupt):
         sys.stderr.write("stopped by Ctrl-C\n")
         return EXIT_CTRL_C
     if isinstance(error, UserError):
@@ -93,11 +79,10 @@ def exit_code(error: BaseException) -> Optional[int]:
     if isinstance(error, ArgumentError):  # jsonargparse's (the CLI's parser has exit_on_error=False)
         print_error(one_line(error))
         return EXIT_BAD_INPUT
-    if isinstance(error, MisconfigurationException):  # Lightning's word for a setting that does not work
+    if isinstance(error, MisconfigurationException):
         print_error(f"invalid configuration: {one_line(error)}")
         return EXIT_BAD_INPUT
-    if isinstance(error, OSError) and error.errno in _MACHINE_ERRNOS:
-        # a full disk, a read-only or unwritable folder: the files already written are intact (atomic saves)
+    if isinstance(error, OSError) and error.errno in _MACHINE_ERRNOS:  # files already written are intact (atomic saves)
         where = f"{error.filename}: " if error.filename else ""
         print_error(f"cannot write or read {where}{error.strerror or error}")
         return EXIT_FAILED
@@ -105,7 +90,7 @@ def exit_code(error: BaseException) -> Optional[int]:
 
 
 def run_command(command: Callable[[], int]) -> int:
-    """Run a subcommand through :func:`exit_code`: its own exit code, or the one of the error it raised."""
+    """Run a subcommand: its own exit code, or that of the error it raised (:func:`exit_code`)."""
     try:
         return command()
     except Exception as error:
@@ -124,8 +109,7 @@ def positive_int(text: str) -> int:
 
 
 class CommandParser(argparse.ArgumentParser):
-    """An ``argparse`` parser whose errors (a missing or unknown option, a bad value) are a :class:`UserError`, for
-    :func:`run_command` to report in one line like any other, instead of printing the usage and exiting."""
+    """An ``argparse`` parser whose errors are a :class:`UserError` (one line), not the usage and an exit."""
 
     def error(self, message: str) -> NoReturn:
         raise UserError(f"{message} (see {self.prog} --help)")
@@ -138,9 +122,8 @@ _JSONARGPARSE_NOISE = (
 
 
 def one_line(error: BaseException) -> str:
-    """An error's message as one line for :func:`print_error`. jsonargparse's multi-line reports (Union subtypes,
-    nested ``Parser key`` blocks, the given value, a constructor's own error wrapped in them) become the full key, the
-    innermost reason and, for an unknown option, the closest real one; any other message is its one line."""
+    """An error's message as one line: of jsonargparse's multi-line reports, the full key, the innermost reason and,
+    for an unknown option, the closest real one."""
     keys, reasons, given, class_path, nested = [], [], None, None, False
     for line in (line.strip() for line in str(error).splitlines()):
         line = line.removeprefix("- ").strip()
@@ -173,12 +156,8 @@ def one_line(error: BaseException) -> str:
 
 
 def imported_class(class_path: str) -> Optional[type]:
-    """The class ``class_path`` names, if its module is already imported, else ``None``.
-
-    Never imports: importing a module because a checkpoint (or a message) names it would run that module's code.
-    Different spellings of one class (``gpu_lessons.models.CNNLesson``, ``gpu_lessons.models.cnn.CNNLesson``) give
-    the same class.
-    """
+    """The class ``class_path`` names if its module is already imported, else ``None``: never imports, as that would
+    run code a checkpoint (or a message) names."""
     module, _, name = class_path.rpartition(".")
     # vars(), not getattr(): a package's __getattr__ may import a submodule for a name it does not have
     found = vars(sys.modules[module]).get(name) if module in sys.modules else None
@@ -186,17 +165,14 @@ def imported_class(class_path: str) -> Optional[type]:
 
 
 def preview(value: object, limit: int = PREVIEW) -> str:
-    """``repr(value)`` cut to ``limit`` characters: what a message may echo of someone else's data. (A string is cut
-    before ``repr``: a 50 MB hyperparameter is never copied whole.)"""
+    """``repr(value)`` cut to ``limit`` characters: what a message may echo of someone else's data (a long string is
+    cut before ``repr``, never copied whole)."""
     if isinstance(value, str) and len(value) > limit:
         return repr(value[:limit]) + f"... ({len(value):,} characters)"
-    if isinstance(value, BaseException):
-        value = str(value)
-        return value if len(value) <= limit else value[:limit] + "..."
     if isinstance(value, (list, tuple, dict)) and len(value) > 8:
         return f"a {type(value).__name__} of {len(value):,} items"
     try:
-        shown = reprlib.repr(value)
+        shown = str(value) if isinstance(value, BaseException) else reprlib.repr(value)
     except Exception:  # a recursive or broken object: its type says enough
         shown = f"a {type(value).__name__}"
     return shown if len(shown) <= limit else shown[:limit] + "..."

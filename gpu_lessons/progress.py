@@ -1,8 +1,5 @@
-"""Progress for a run whose output is not a terminal: a line per epoch instead of progress-bar redraws.
-
-A tqdm bar redraws itself with carriage returns; in a terminal that is one moving line, but in a CI log, a SLURM
-job's output file or ``> run.log`` every redraw stays, and a 2000-epoch lesson wrote 1.7 MB of them.
-"""
+"""What a run prints beside Lightning's own: a line per epoch where output is not a terminal (a tqdm bar's every
+redraw would stay in a log file), the summary after a fit, and fewer of Lightning's notices."""
 
 from __future__ import annotations
 
@@ -20,13 +17,8 @@ from lightning.pytorch.callbacks import ProgressBar
 
 
 class EpochLines(ProgressBar):
-    """Prints one line per training epoch (at most one every ``interval`` seconds, and always the last):
-    ``epoch 3/20: train/loss 0.0123, val/loss 0.0456``. Validation, test and predict print nothing of their own.
-
-    Args:
-        interval: Seconds between lines at the least; the epochs in between print nothing (the next line shows
-            the latest epoch's metrics).
-    """
+    """One line per training epoch, at most one every ``interval`` seconds (and always the last):
+    ``epoch 3/20 (step 60): train/loss 0.0123, val/loss 0.0456``. Other stages print nothing of their own."""
 
     def __init__(self, interval: float = 2.0) -> None:
         super().__init__()
@@ -39,27 +31,32 @@ class EpochLines(ProgressBar):
 
     @property
     def is_enabled(self) -> bool:
+        """Whether lines are printed."""
         return self._enabled
 
     def disable(self) -> None:
+        """Print nothing (Lightning's tuners and other ranks)."""
         self._enabled = False
 
     def enable(self) -> None:
+        """Print lines again."""
         self._enabled = True
 
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        """Start a fit with no line pending."""
         self._last_print = float("-inf")
         self._pending_epoch = None
 
     def on_train_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        # The lesson logs its epoch's metrics after the callbacks' on_train_epoch_end: the line for an epoch is
-        # written once they are all in, as the next one starts (or as training ends).
+        """Print the last epoch's line: the lesson logs its metrics after the callbacks' ``on_train_epoch_end``."""
         self._print_pending(trainer, pl_module, last=False)
 
     def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        """Hold this epoch's line until its metrics are all in."""
         self._pending_epoch = trainer.current_epoch
 
     def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        """Print the last epoch's line, however soon after the one before."""
         self._print_pending(trainer, pl_module, last=True)
 
     def _print_pending(self, trainer: Trainer, pl_module: LightningModule, *, last: bool) -> None:
@@ -70,14 +67,14 @@ class EpochLines(ProgressBar):
         if not last and now - self._last_print < self.interval:
             return
         self._last_print = now
-        metrics = {k: v for k, v in self.get_metrics(trainer, pl_module).items() if k != "v_num"}
-        shown = ", ".join(f"{name} {_number(value)}" for name, value in metrics.items())
+        metrics = self.get_metrics(trainer, pl_module)
+        shown = ", ".join(
+            f"{name} {value:.4g}" if isinstance(value, float) else f"{name} {value}"
+            for name, value in metrics.items()
+            if name != "v_num"
+        )
         total = "" if trainer.max_epochs in (None, -1) else f"/{trainer.max_epochs}"
         print(f"epoch {epoch + 1}{total} (step {trainer.global_step}){': ' + shown if shown else ''}", flush=True)
-
-
-def _number(value: Any) -> str:
-    return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
 def output_is_a_terminal() -> bool:
@@ -86,8 +83,8 @@ def output_is_a_terminal() -> bool:
 
 
 class _LightningAdvertising(logging.Filter):
-    """Drops Lightning's tips about its cloud products (litlogger, litmodels) and the model summary's "0 Total
-    Flops" line (FLOPs are only counted with a meta-device trace, which these runs never do); real messages pass."""
+    """Drops Lightning's tips about its cloud products and the model summary's "0 Total Flops" line (these runs
+    never count FLOPs); real messages pass."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         message = record.getMessage()
@@ -99,16 +96,16 @@ class _LightningAdvertising(logging.Filter):
 
 
 def quiet_lightning() -> None:
+    """Silence Lightning's notices that a learner cannot act on (idempotent)."""
     for name in ("lightning.pytorch.utilities.rank_zero", "lightning.pytorch.callbacks.model_summary"):
         logger = logging.getLogger(name)
         if not any(isinstance(f, _LightningAdvertising) for f in logger.filters):
             logger.addFilter(_LightningAdvertising())
-    # Lightning 2.6's own call into torch's pytree API; nothing a user of these lessons can act on.
+    # Lightning 2.6's own call into torch's pytree API
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)` is deprecated")
-    # The lessons log once per epoch, so an epoch of fewer batches than log_every_n_steps (a small folder of your own
-    # pictures) loses nothing.
+    # the lessons log once per epoch, so a short epoch loses nothing
     warnings.filterwarnings("ignore", message=r"The number of training batches \(\d+\) is smaller than the logging interval")
-    # The lessons' data sits on the device already: worker processes would only copy it back and forth.
+    # the lessons' data sits on the device already: workers would only copy it back and forth
     warnings.filterwarnings("ignore", message=r"The '\w+_dataloader' does not have many workers")
 
 
@@ -118,19 +115,18 @@ def print_fit_summary(trainer: Trainer, best: Any, latest: Any, pictures: Option
     if not trainer.is_global_zero:
         return
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith(("train/", "val/"))}
-    best_so_far = {k: v for k, v in metrics.items() if k.endswith("_best")}
-    last_epoch = ", ".join(f"{k} {v:.4g}" for k, v in sorted(metrics.items()) if k not in best_so_far)
+    last_epoch = ", ".join(f"{k} {v:.4g}" for k, v in sorted(metrics.items()) if not k.endswith("_best"))
     if last_epoch:
         print(f"after {trainer.current_epoch} epochs: {last_epoch}")
-    for key, value in best_so_far.items():
-        print(f"best {key.removesuffix('_best')} of the run: {value:.4g}")
+    for key, value in metrics.items():
+        if key.endswith("_best"):
+            print(f"best {key.removesuffix('_best')} of the run: {value:.4g}")
     if pictures is not None and pictures.is_dir():
         print(f"pictures: {shown(str(pictures))}/")
     if latest.best_model_path:  # with no monitor, its "best" is the latest save
         print(f"last checkpoint (the latest epoch): {shown(latest.best_model_path)}")
     if best.best_model_path and best.best_model_score is not None:
-        score = f"{best.monitor} {float(best.best_model_score):.4g}"
-        print(f"best checkpoint ({score}): {shown(best.best_model_path)}")
+        print(f"best checkpoint ({best.monitor} {float(best.best_model_score):.4g}): {shown(best.best_model_path)}")
 
 
 def shown(path: str) -> str:

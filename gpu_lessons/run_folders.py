@@ -1,6 +1,5 @@
-"""Where a run's files go: every ``fit`` writes ``checkpoints/<run>/version_N/`` beside
-``lightning_logs/<run>/version_N/``, N claimed with ``mkdir``, so each run's ``last.ckpt`` and logs are its own; a run
-that fails before its first checkpoint leaves no folders; ``--ckpt_path last``/``best`` name the newest run's files."""
+"""Where a run's files go: each ``fit`` gets ``checkpoints/<run>/version_N/`` beside ``lightning_logs/<run>/version_N/``
+(N claimed with ``mkdir``), removed again if it fails before its first checkpoint; ``--ckpt_path last``/``best``."""
 
 from __future__ import annotations
 
@@ -24,24 +23,20 @@ MAX_CLAIMS = 1000  # version numbers tried one after another by runs started at 
 
 
 class RunFolders:
-    """The folders of one command's run: placed in its config before anything is built (:meth:`place`), and removed
-    again if it fails before its first checkpoint (:meth:`remove_if_nothing_saved`).
-
-    ``set_keys`` are the config keys placed here (the checkpoint folder, the logger's version): the run's
-    ``config.yaml`` saves them unset, so that ``fit --config .../config.yaml`` runs again, into the next folders.
-    """
+    """The folders of one command's run, placed in its config before anything is built. ``set_keys`` are the config
+    keys placed here: the run's ``config.yaml`` saves them unset, so that it runs again into the next folders."""
 
     def __init__(self) -> None:
         self.set_keys: list[str] = []
         self._new: list[Path] = []  # the run's folders that did not exist before it
-        self._new_parents: list[Path] = []  # folders above claimed version folders that did not exist before it
+        self._new_parents: list[Path] = []  # folders above them that did not exist before it
 
     def place(self, config: Namespace, subcommand: Optional[str]) -> None:
-        """Set ``checkpoint.dirpath`` and ``last_checkpoint.dirpath`` (and the logger's version, for fit): a fit's
-        folders of its own; for the other subcommands, the folder of the checkpoint they read."""
+        """Set the checkpoint folders (and the logger's version, for fit): a fit's folders of its own; for the other
+        subcommands, the folder of the checkpoint they read."""
         if subcommand == "fit":
             self._place_fit(config)
-        elif config.checkpoint.dirpath is None:  # only fit writes checkpoints; this names the folder of the one read
+        elif config.checkpoint.dirpath is None:
             ckpt_path = config.get("ckpt_path")
             config.checkpoint.dirpath = str(Path(ckpt_path).parent) if ckpt_path else os.path.join("checkpoints", config.run_name)
             self.set_keys.append("checkpoint.dirpath")
@@ -55,10 +50,8 @@ class RunFolders:
             )
 
     def _place_fit(self, config: Namespace) -> None:
-        """Every fit writes into folders of its own: ``checkpoints/<run>/version_N/`` beside
-        ``lightning_logs/<run>/version_N/``, N one past the highest in either, so its ``last.ckpt`` is its own (a
-        resume is a new fit, and gets the next N). A folder that already holds checkpoints is only written to by a
-        resume from one of them (``--checkpoint.dirpath`` or a fixed logger version)."""
+        """A fit's own folders, N one past the highest in either root (a resume is a new fit and gets the next N); a
+        folder that already holds checkpoints is only written to by a resume from one of them."""
         logger = config.trainer.logger
         logger_args = logger.init_args if isinstance(logger, Namespace) and "version" in logger.init_args else None
         if config.checkpoint.dirpath is None:
@@ -82,13 +75,13 @@ class RunFolders:
                 "over them: leave out --checkpoint.dirpath (each fit gets checkpoints/<run>/version_N/), choose "
                 "another folder, or resume with --ckpt_path from that folder"
             )
-        for new in (folder, self._log_folder(config)):
-            if new is not None:
-                self._note_new(new)
+        self._note_new(folder)
+        if logger_args is not None and logger_args.version is not None:
+            log_root = Path(logger_args.save_dir, logger_args.get("name") or "")
+            self._note_new(log_root / version_folder(logger_args.version))
 
     def _note_new(self, folder: Path) -> None:
-        """Remember ``folder`` if this run will create it, and the parents it will create with it: removed if the run
-        fails before saving anything (the folder whole; a parent, which another run may share, only while empty)."""
+        """Remember ``folder`` if this run will create it, and the parents it will create with it."""
         if folder.exists() or folder in self._new:
             return
         self._new.append(folder)
@@ -101,10 +94,9 @@ class RunFolders:
             ensure_writable(root, "the run's folders")
         unique = list({root.resolve(): root for root in roots if root is not None}.values())  # logs beside checkpoints
         for root in unique:
-            # parents another run may share: removed on failure only while empty (rmdir, never rmtree)
             self._new_parents += missing_folders(root)
-        version = next_version(*unique)
-        for _ in range(MAX_CLAIMS):
+        first = next_version(*unique)
+        for version in range(first, first + MAX_CLAIMS):
             made: list[Path] = []
             try:
                 for root in unique:
@@ -121,49 +113,33 @@ class RunFolders:
                 if len(made) < len(unique):  # this N was taken (or the claim was interrupted): undo its half
                     for folder in made:
                         folder.rmdir()
-            version += 1
         raise UserError(f"no free version_N found in {MAX_CLAIMS} tries under {', '.join(map(str, unique))}")
 
-    @staticmethod
-    def _log_folder(config: Namespace) -> Optional[Path]:
-        logger = config.trainer.logger
-        if not isinstance(logger, Namespace) or logger.init_args.get("version") is None:
-            return None
-        args = logger.init_args
-        return Path(args.save_dir, args.get("name") or "", version_folder(args.version))
-
     def remove_if_nothing_saved(self) -> None:
-        """A run that fails before its first checkpoint leaves no empty version folders behind (a run that saved a
-        checkpoint keeps its folders and logs: they show how far it got)."""
+        """A run that fails before its first checkpoint leaves no folders behind (one that saved keeps its logs)."""
         if any(folder.is_dir() and any(folder.rglob("*.ckpt")) for folder in self._new):
             return
         for folder in self._new:
             shutil.rmtree(folder, ignore_errors=True)
-        remove_empty_folders(self._new_parents)  # one with another run's folders in it stays
+        remove_empty_folders(self._new_parents)  # rmdir, never rmtree: another run may share a parent
 
 
 class NonOverwritingSaveConfigCallback(SaveConfigCallback):
-    """Saves the run's config beside its logs; if a ``config.yaml`` is already there, writes ``config-N.yaml``.
-
-    Args:
-        run_folders: Config keys that hold the folders the CLI picked for this run (``checkpoint.dirpath``, the
-            logger's ``version``); they are saved unset, so that ``fit --config .../config.yaml`` runs the same
-            again, into the next folders, instead of being refused by this run's checkpoints.
-    """
+    """Saves the run's config beside its logs (``config-N.yaml`` if a ``config.yaml`` is there), with the keys in
+    ``run_folders`` (the folders the CLI picked) unset, so that ``fit --config .../config.yaml`` runs again."""
 
     def __init__(self, *args: Any, run_folders: Sequence[str] = (), **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.run_folders = run_folders
 
     def setup(self, trainer: Trainer, pl_module: Any, stage: str) -> None:
-        if stage == "predict":  # predictions are printed, not logged: no log folder, no config to keep
+        """Save the config, except for predict (printed, not logged: no log folder)."""
+        if stage == "predict":
             return
-        log_dir = trainer.log_dir
-        if log_dir is not None:
-            stem, n = "config", 0
-            while os.path.isfile(os.path.join(log_dir, self.config_filename)):
-                n += 1
-                self.config_filename = f"{stem}-{n}.yaml"
+        log_dir, n = trainer.log_dir, 0
+        while log_dir is not None and os.path.isfile(os.path.join(log_dir, self.config_filename)):
+            n += 1
+            self.config_filename = f"config-{n}.yaml"
         if self.run_folders:
             self.config = self.config.clone()
             for key in self.run_folders:
@@ -185,6 +161,7 @@ def ensure_writable(folder: Path, what: str) -> None:
 
 
 def checked_run_name(name: str) -> str:
+    """``name`` if it is a plain folder name."""
     if not RUN_NAME.fullmatch(name) or name in (".", ".."):
         raise UserError(
             f"--run_name must be a plain folder name (letters, digits, '_', '.', '-'), got {preview(name)}: it names "
@@ -194,11 +171,10 @@ def checked_run_name(name: str) -> str:
 
 
 def default_run_name(config: Namespace) -> str:
-    config_files = config.get("config") or []
-    if config_files:
-        return Path(str(config_files[0])).stem
-    class_path = str(config.model.class_path)
-    return class_path.rsplit(".", 1)[-1].removesuffix("Lesson").lower() or "lesson"
+    """The first config file's name (``cnn`` for ``configs/cnn.yaml``), else the lesson's (``CNNLesson``: ``cnn``)."""
+    if config.get("config"):
+        return Path(str(config.config[0])).stem
+    return str(config.model.class_path).rsplit(".", 1)[-1].removesuffix("Lesson").lower() or "lesson"
 
 
 def version_folder(version: Any) -> str:
@@ -224,11 +200,8 @@ def checkpoint_alias(alias: str, run_name: str, folder: Optional[str] = None, fl
     folder = Path(folder or os.path.join("checkpoints", run_name))
     if alias not in ("last", "best"):
         raise UserError(f"{flag} {alias} is not supported: give a checkpoint file, or last or best")
-    runs = [folder] + sorted(
-        (p for p in folder.glob("version_*") if VERSION.fullmatch(p.name)),
-        key=lambda p: int(p.name.removeprefix("version_")),
-    )
-    newest = next((run / "last.ckpt" for run in reversed(runs) if (run / "last.ckpt").is_file()), None)
+    runs = sorted((p for p in folder.glob("version_*") if VERSION.fullmatch(p.name)), key=lambda p: int(p.name[8:]))
+    newest = next((run / "last.ckpt" for run in [*reversed(runs), folder] if (run / "last.ckpt").is_file()), None)
     if newest is None:
         raise CheckpointError(
             f"{flag} {alias}: run {run_name!r} has no checkpoint in {folder}/ yet; train it first "
@@ -237,14 +210,12 @@ def checkpoint_alias(alias: str, run_name: str, folder: Optional[str] = None, fl
     if alias == "last":
         return newest
     states = load_checkpoint(newest).get("callbacks")
-    recorded = next(  # the state of the checkpoint callback with a monitor (the other one writes last.ckpt)
-        (
-            state.get("best_model_path")
-            for state in (states.values() if isinstance(states, dict) else ())
-            if isinstance(state, dict) and state.get("monitor") and "best_model_path" in state
-        ),
-        None,
-    )
+    recorded = None
+    for state in states.values() if isinstance(states, dict) else ():
+        # the checkpoint callback with a monitor (the other one writes last.ckpt)
+        if isinstance(state, dict) and state.get("monitor") and "best_model_path" in state:
+            recorded = state["best_model_path"]
+            break
     # only a checkpoint file beside last.ckpt (the folder may have moved since): a checkpoint names no other file
     best = newest.parent / Path(recorded).name if isinstance(recorded, str) and recorded.endswith(".ckpt") else None
     if best is not None and best.is_file() and not best.is_symlink():
