@@ -1,8 +1,5 @@
-"""Batches sliced straight from tensors that already sit on the training device.
-
-A real ``DataLoader`` over a ``TensorDataset`` with ``batch_size=None`` and a sampler (:class:`EpochPermutation`)
-whose items are whole batches of indices: each batch is one indexing operation, with no per-item collation or copy.
-"""
+"""Batches sliced straight from tensors on the training device: a ``DataLoader`` with ``batch_size=None`` whose
+sampler (:class:`EpochPermutation`) yields whole batches of indices, so a batch is one indexing operation."""
 
 from __future__ import annotations
 

@@ -172,8 +172,7 @@ class MNISTDataModule(TensorDataModule):
         return dataset
 
     def _damaged_error(self, train: bool, reason: str) -> DatasetError:
-        prefix = "train" if train else "t10k"
-        names = [n for n in self._file_names() if n.startswith(prefix)]
+        names = [n for n in self._file_names() if n.startswith("train" if train else "t10k")]
         return DatasetError(
             f"{self.dataset_class.__name__} in {self.raw_folder.resolve()} is damaged: {' / '.join(names)} cannot be "
             f"read ({reason}). Delete those files (and their .gz archives) and download or copy them again."
@@ -188,8 +187,7 @@ class MNISTDataModule(TensorDataModule):
         return order[val_size:], order[:val_size]
 
     def build_splits(self) -> dict[str, Split]:
-        train = self._load(train=True)
-        test = self._load(train=False)
+        train, test = self._load(train=True), self._load(train=False)
         train_idx, val_idx = self._split_indices(len(train))
         splits = {"train": (train.data[train_idx], train.targets[train_idx]), "test": (test.data, test.targets)}
         if len(val_idx):
