@@ -85,8 +85,7 @@ class EpochPermutation(DistributedSampler):
                 "passes": self.passes}
 
     def load_state_dict(self, state: dict[str, int]) -> None:
-        """Skip the batches a resumed epoch has already trained on; mid-epoch, only with the same batch size and
-        passes (another would skip or repeat samples)."""
+        """Skip the batches a resumed epoch has trained on (mid-epoch, only with the same batch size and passes)."""
         check_position(state)
         self.set_epoch(state["epoch"])
         saved_size, saved_passes = state.get("batch_size", self.batch_size), state.get("passes", 1)

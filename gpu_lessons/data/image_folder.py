@@ -27,8 +27,7 @@ class ImageFolderDataModule(TensorDataModule):
         val_fraction: Share of the pictures held out for validation (at least one picture when above 0).
         test_fraction: Share held out for testing (at least one picture when above 0).
         seed: Seeds the split and the shuffling order.
-        num_classes: How many classes the lesson tells apart (10 for the MNIST lessons); more class folders, or a
-            digit folder at or above it, is an error.
+        num_classes: How many classes the lesson tells apart (10 for the MNIST lessons); more folders are an error.
         on_device: Keep the pictures on the training device.
     """
 
@@ -56,8 +55,7 @@ class ImageFolderDataModule(TensorDataModule):
         self.root = Path(root)
 
     def build_splits(self) -> dict[str, Split]:
-        """The pictures split into train/val/test; also names the classes and the test pictures (what predict
-        serves)."""
+        """The pictures split into train/val/test; also names the classes and the test pictures (predict's)."""
         images, labels, names = self._read_pictures()
         order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(self.seed))
         fractions = (self.hparams.test_fraction, self.hparams.val_fraction)

@@ -62,8 +62,8 @@ class MNISTDataModule(TensorDataModule):
         loader: ``tensor`` (fast, device-resident) or ``torchvision`` (the course's DataLoader over PIL images).
         num_workers: DataLoader workers for ``loader="torchvision"``.
         on_device: With ``loader="tensor"``, keep the data on the training device.
-        predict_images: A PNG/JPEG picture, or a folder of them, for ``predict`` to classify instead of the test set.
-            Any size: each becomes a 28×28 MNIST-style digit (see :func:`~gpu_lessons.data.images.mnist_digit`).
+        predict_images: A PNG/JPEG picture of any size, or a folder of them, for ``predict`` to classify instead of
+            the test set.
     """
 
     def __init__(
@@ -195,8 +195,7 @@ class MNISTDataModule(TensorDataModule):
         return splits
 
     def setup(self, stage: Optional[str] = None) -> None:
-        """Load the splits once; with ``loader="tensor"`` they go to the training device. Predicting
-        ``predict_images`` reads only those."""
+        """Load the splits once (to the training device with ``loader="tensor"``), or only ``predict_images``."""
         if stage == "predict" and self.hparams.predict_images is not None:
             if self.predict_pictures is None:
                 self.predict_pictures, self.predict_names = read_digits(self.hparams.predict_images)

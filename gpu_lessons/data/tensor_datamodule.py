@@ -20,12 +20,9 @@ MAX_SEED = 2**32 - 1  # what seed_everything takes (numpy's range); the data's g
 
 
 class TensorDataModule(LightningDataModule):
-    """A DataModule whose splits are tensors, placed once on the training device and batched by
-    :class:`~gpu_lessons.data.batches.EpochPermutation`.
+    """A DataModule whose splits (built by :meth:`build_splits`) are tensors placed once on the training device.
 
-    Subclasses implement :meth:`build_splits`. Callbacks and the CLI read ``splits`` (the tensors by split name),
-    ``class_names`` (how to name the classes, or ``None``) and ``predict_names`` (the predicted samples' names, or
-    ``None``).
+    Callbacks and the CLI read ``splits``, ``class_names`` and ``predict_names`` (``None``: numbered).
 
     Args:
         batch_size: Training batch size; ``None`` trains full-batch, as the course's small lessons do.
