@@ -1,14 +1,5 @@
-"""Batches sliced straight from tensors that already sit on the training device.
-
-For datasets that fit in memory (all of this course's) a ``DataLoader`` with per-item transforms, collation and
-host-to-device copies costs far more than the model's arithmetic. Here each split is a few tensors, moved to the
-device once, and a batch is one indexing operation: a real ``DataLoader`` over a ``TensorDataset`` of those tensors,
-with ``batch_size=None`` and a sampler (:class:`EpochPermutation`) whose items are whole batches of indices::
-
-    dataset = TensorDataset(images, labels)  # on the GPU
-    sampler = EpochPermutation(dataset, batch_size=512, shuffle=True, seed=42, device=images.device)
-    loader = ResumableDataLoader(dataset, batch_size=None, sampler=sampler)  # loader[i] = dataset[index tensor]
-"""
+"""Batches sliced straight from tensors on the training device: a ``DataLoader`` with ``batch_size=None`` whose
+sampler (:class:`EpochPermutation`) yields whole batches of indices, so a batch is one indexing operation."""
 
 from __future__ import annotations
 
@@ -24,35 +15,13 @@ from gpu_lessons.errors import CheckpointError, UserError, preview
 
 
 class EpochPermutation(DistributedSampler):
-    """This rank's batches of one epoch, each a tensor of sample indices already on the data's device.
+    """This rank's batches of one epoch, each a tensor of sample indices already on the data's ``device``.
 
-    The order is a permutation drawn from ``seed + epoch``, exactly as ``DistributedSampler`` draws it, so it is
-    reproducible and a run resumed at an epoch boundary sees the order the uninterrupted run would have. Lightning
-    calls :meth:`set_epoch` before every epoch. The permutation goes to the device once per epoch (once per pass);
-    each batch is a slice of it.
-
-    Under DDP each rank takes a disjoint strided shard. With ``even=True`` (training) the remainder is dropped first
-    (``DistributedSampler``'s ``drop_last=True``), so every rank gets the same number of samples, and so of
-    batches: unequal counts would hang DDP's gradient all-reduce. Evaluation uses ``even=False``: no sample is dropped
-    or, unlike ``DistributedSampler``, repeated, so every sample is seen exactly once across ranks.
-
-    It is a ``DistributedSampler`` so that Lightning keeps it under DDP: with ``use_distributed_sampler`` (the
-    default) Lightning wraps only a sampler that is not one, and these shards are already this rank's.
-
-    :meth:`state_dict` is the position in the epoch, for an exact mid-epoch resume (see
-    :class:`ResumableDataLoader`).
-
-    Args:
-        dataset: What is sampled; only its length is used.
-        batch_size: Samples per batch; ``None`` gives one batch with this rank's whole shard.
-        shuffle: A new permutation every epoch; otherwise the natural order.
-        seed: The permutation of epoch ``e`` is drawn from ``seed + e``.
-        rank: This process's rank.
-        num_replicas: How many ranks share the data.
-        even: Equal-size shards (training) rather than exact ones (evaluation).
-        passes: Passes over the data in one epoch, each in the order of its own draw: epoch ``e``'s pass ``p`` is
-            the order a one-pass epoch ``e * passes + p`` would have, so the batches are the same ones either way.
-        device: Where the index tensors go: the device the data sits on.
+    The order is drawn from ``seed + epoch`` exactly as ``DistributedSampler`` draws it, so a resumed run sees the
+    uninterrupted run's order; pass ``p`` of ``passes`` in epoch ``e`` has one-pass epoch ``e * passes + p``'s order.
+    ``even`` shards (training) drop the remainder so every rank gets as many batches (unequal counts would hang DDP's
+    all-reduce); exact ones (evaluation) give every sample to one rank. ``batch_size=None`` is one batch per shard.
+    Being a ``DistributedSampler``, Lightning keeps it under DDP instead of wrapping it.
     """
 
     def __init__(
@@ -76,7 +45,6 @@ class EpochPermutation(DistributedSampler):
         if not even:  # exact shards: rank r takes samples r, r + num_replicas, ... (DistributedSampler would pad)
             self.total_size = len(dataset)
             self.num_samples = len(range(rank, self.total_size, num_replicas))
-        self.even = even
         self.batch_size = batch_size or max(self.num_samples, 1)
         self.passes = passes
         self.device = torch.device(device)
@@ -84,8 +52,7 @@ class EpochPermutation(DistributedSampler):
         self._resume_at = 0  # batches to skip in the next epoch (set by load_state_dict)
 
     def indices(self, draw: Optional[int] = None) -> Tensor:
-        """This rank's sample indices for the current epoch (a CPU ``int64`` tensor); ``draw`` numbers the
-        permutation instead of the epoch (an epoch of several passes draws one per pass)."""
+        """This rank's sample indices (CPU ``int64``) for the current epoch, or for permutation number ``draw``."""
         if self.shuffle:
             generator = torch.Generator().manual_seed(self.seed + (self.epoch if draw is None else draw))
             order = torch.randperm(len(self.dataset), generator=generator)
@@ -97,34 +64,28 @@ class EpochPermutation(DistributedSampler):
         return math.ceil(self.num_samples / batch_size)
 
     def __len__(self) -> int:
-        """Batches in one epoch (what ``len(DataLoader)`` reports with ``batch_size=None``)."""
+        """Batches in one epoch."""
         return self.passes * self._batches_per_pass(self.batch_size)
 
     def __iter__(self) -> Iterator[Tensor]:
         per_pass = self._batches_per_pass(self.batch_size)
-        first, self._resume_at = self._resume_at, 0
-        self._yielded = first
+        self._yielded, self._resume_at = self._resume_at, 0
         order, drawn = None, None
-        for n in range(first, len(self)):
+        for n in range(self._yielded, len(self)):
             draw, batch = divmod(n, per_pass)
-            if draw != drawn:
+            if draw != drawn:  # the permutation goes to the device once per pass; each batch is a slice of it
                 order = self.indices(self.epoch * self.passes + draw).to(self.device, non_blocking=True)
                 drawn = draw
             self._yielded += 1
             yield order[batch * self.batch_size : (batch + 1) * self.batch_size]
 
     def state_dict(self) -> dict[str, int]:
-        """Where training is in the epoch: the batches this sampler has handed out in it, which is the count a
-        stateful ``DataLoader`` keeps (torchdata's ``StatefulDataLoader`` counts the same), plus what the count
-        means (the batch size and passes)."""
+        """The position in the epoch: batches handed out (as a stateful ``DataLoader`` counts), batch size, passes."""
         return {"epoch": self.epoch, "batches_trained": self._yielded, "batch_size": self.batch_size,
                 "passes": self.passes}
 
     def load_state_dict(self, state: dict[str, int]) -> None:
-        """Skip the batches a resumed epoch has already trained on (the order comes back from the epoch's seed).
-
-        Mid-epoch, the position is a number of batches of the size the run had: with another ``batch_size`` it would
-        skip or repeat samples, so that is refused (at an epoch's end any batch size resumes exactly)."""
+        """Skip the batches a resumed epoch has trained on (mid-epoch, only with the same batch size and passes)."""
         check_position(state)
         self.set_epoch(state["epoch"])
         saved_size, saved_passes = state.get("batch_size", self.batch_size), state.get("passes", 1)
@@ -148,9 +109,7 @@ MAX_COUNT = 2**53  # a count beyond this (of batches, epochs, steps) is none Lig
 
 
 def check_position(state: Any, source: object = "the checkpoint") -> None:
-    """A checkpoint's position in the epoch, as :meth:`EpochPermutation.state_dict` writes it, or a
-    :class:`CheckpointError`: counts for ``epoch`` and ``batches_trained``, a positive ``batch_size`` (a full batch is
-    recorded as its size) and ``passes``, nothing else."""
+    """Check a position as :meth:`EpochPermutation.state_dict` writes it, else raise :class:`CheckpointError`."""
     if not isinstance(state, dict) or not {"epoch", "batches_trained"} <= set(state) <= set(POSITION_KEYS):
         raise CheckpointError(f"{source}: its position in the epoch is damaged: {preview(state)}")
     for key, value in state.items():
@@ -159,13 +118,7 @@ def check_position(state: Any, source: object = "the checkpoint") -> None:
 
 
 class ResumableDataLoader(DataLoader):
-    """A ``DataLoader`` that resumes mid-epoch: its state is its sampler's (:meth:`EpochPermutation.state_dict`).
-
-    Lightning saves the ``state_dict`` of every training loader that has one in each checkpoint and hands it back
-    to ``load_state_dict`` before a resumed epoch's first batch. Nothing else differs from a ``DataLoader``: with
-    ``num_workers=0`` it takes one item from the sampler per batch it yields, so the sampler counts the batches
-    handed out.
-    """
+    """A ``DataLoader`` whose state, which Lightning checkpoints and restores, is its sampler's position."""
 
     def state_dict(self) -> dict[str, int]:
         """The sampler's position in the epoch."""

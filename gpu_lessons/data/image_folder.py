@@ -15,15 +15,10 @@ from gpu_lessons.errors import UserError
 
 
 class ImageFolderDataModule(TensorDataModule):
-    """A folder of class subfolders of pictures (``my_digits/0/*.png``, ``my_digits/1/*.jpg``, ...), each picture
-    turned into a 28×28 MNIST-style digit exactly as ``predict`` does (:func:`~gpu_lessons.data.images.mnist_digit`),
-    split into train/val/test with a seeded permutation and normalised like MNIST, so that an MNIST lesson
-    fine-tunes on it: ``gpu-lessons fit --config cnn --data gpu_lessons.data.ImageFolderDataModule --data.root
-    my_digits --init_weights checkpoints/cnn/version_0/last.ckpt``.
-
-    Folders named by digits (``0`` ... ``9``) are those digits' labels, even when some are missing (``3/`` and ``7/``
-    are labels 3 and 7, as the MNIST network knows them); otherwise the sorted folder names are labels 0, 1, ...
-    A picture that cannot be read gets one ``error:`` line and is skipped.
+    """A folder of class subfolders of pictures (``my_digits/0/*.png``, ...), each turned into an MNIST digit as
+    ``predict`` does, split into train/val/test with a seeded permutation and normalised like MNIST, for an MNIST
+    lesson to fine-tune on. Folders named by digits are those digits' labels (``3/`` and ``7/`` are 3 and 7); other
+    names are labelled 0, 1, ... in sorted order. A picture that cannot be read gets one ``error:`` line.
 
     Args:
         root: The folder of class subfolders.
@@ -32,8 +27,7 @@ class ImageFolderDataModule(TensorDataModule):
         val_fraction: Share of the pictures held out for validation (at least one picture when above 0).
         test_fraction: Share held out for testing (at least one picture when above 0).
         seed: Seeds the split and the shuffling order.
-        num_classes: How many classes the lesson tells apart (10 for the MNIST lessons); more class folders, or a
-            digit folder at or above it, is an error.
+        num_classes: How many classes the lesson tells apart (10 for the MNIST lessons); more folders are an error.
         on_device: Keep the pictures on the training device.
     """
 
@@ -61,24 +55,17 @@ class ImageFolderDataModule(TensorDataModule):
         self.root = Path(root)
 
     def build_splits(self) -> dict[str, Split]:
-        """The pictures split into train/val/test; also names the classes and the test pictures (what predict
-        serves)."""
+        """The pictures split into train/val/test; also names the classes and the test pictures (predict's)."""
         images, labels, names = self._read_pictures()
         order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(self.seed))
-        sizes = [self._held_out(len(labels), self.hparams.test_fraction), self._held_out(len(labels), self.hparams.val_fraction)]
-        if len(labels) - sum(sizes) < 1:
+        fractions = (self.hparams.test_fraction, self.hparams.val_fraction)
+        num_test, num_val = (max(1, round(len(labels) * fraction)) if fraction > 0 else 0 for fraction in fractions)
+        if len(labels) - num_test - num_val < 1:
             raise UserError(f"{self.root}: {len(labels)} readable pictures are too few to split into train, val and test")
-        test, val, train = order[: sizes[0]], order[sizes[0] : sum(sizes)], order[sum(sizes) :]
+        test, val, train = order[:num_test], order[num_test : num_test + num_val], order[num_test + num_val :]
         self.predict_names = [names[i] for i in test.tolist()]
-        splits = {"train": (images[train], labels[train])}
-        for name, indices in (("val", val), ("test", test)):
-            if len(indices):
-                splits[name] = (images[indices], labels[indices])
-        return splits
-
-    @staticmethod
-    def _held_out(total: int, fraction: float) -> int:
-        return max(1, round(total * fraction)) if fraction > 0 else 0
+        chosen = {"train": train, "val": val, "test": test}
+        return {name: (images[indices], labels[indices]) for name, indices in chosen.items() if len(indices)}
 
     def _read_pictures(self) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
         """Every picture under ``root``'s class folders as uint8 digits, their labels and their file names."""
@@ -113,8 +100,7 @@ class ImageFolderDataModule(TensorDataModule):
         labels = [label_of[path] for path in read]
         if len(set(labels)) < 2:
             raise UserError(f"data.root {self.root}: fewer than two classes have a readable picture")
-        # how predictions name the classes; a network's unused outputs get a name too
-        extra = [f"class {i}" for i in range(len(folders), num_classes)]
+        extra = [f"class {i}" for i in range(len(folders), num_classes)]  # a network's unused outputs get names too
         self.class_names = [f"digit {i}" for i in range(num_classes)] if by_digit else [*folders, *extra]
         return torch.stack(digits), torch.tensor(labels, dtype=torch.long), [printable(path) for path in read]
 
@@ -127,12 +113,11 @@ class ImageFolderDataModule(TensorDataModule):
         return self._loader(self.splits["test"], train=False) if "test" in self.splits else []
 
     def predict_dataloader(self) -> Any:
-        """The held-out test pictures, named by ``predict_names`` (to predict other pictures, use
-        ``predict_images`` of the MNIST DataModule)."""
+        """The held-out test pictures, named by ``predict_names``."""
         if "test" not in self.splits:
             raise UserError(f"data.root {self.root}: predict uses the test pictures, and test_fraction is 0")
         return self._loader(self.splits["test"], train=False)
 
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
-        """Normalise a batch as the MNIST lessons expect (:func:`~gpu_lessons.data.mnist.preprocess`), on its device."""
+        """Normalise a batch as the MNIST lessons expect, on its device."""
         return preprocess_batch(batch)

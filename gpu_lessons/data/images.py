@@ -11,6 +11,7 @@ import PIL.Image
 import torch
 from PIL import ImageOps, ImageStat
 from torch import Tensor
+from torch.nn.functional import max_pool2d
 
 from gpu_lessons.errors import UserError, print_error
 
@@ -31,13 +32,9 @@ class BlankPictureError(UserError, ValueError):
 
 
 def mnist_digit(image: PIL.Image.Image) -> Tensor:
-    """One picture as a ``[28, 28]`` uint8 MNIST digit.
-
-    Transparency becomes white paper, and a dark digit on a light background is inverted. A 28×28 picture is then
-    taken as it is; any other is cropped to the digit, which is scaled into a 20×20 box centred in 28×28, its
-    strokes kept at least a pixel wide. A picture of any other size with no digit (one colour) is a
-    :class:`BlankPictureError`.
-    """
+    """One picture as a ``[28, 28]`` uint8 MNIST digit: a light digit on black, a 28×28 picture as it is, any other
+    cropped to the digit and scaled into MNIST's centred 20×20 box (strokes kept a pixel wide), or a
+    :class:`BlankPictureError`."""
     image = ImageOps.exif_transpose(image)
     if image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info:
         image = image.convert("RGBA")
@@ -53,40 +50,23 @@ def mnist_digit(image: PIL.Image.Image) -> Tensor:
         if (box := gray.point(lambda v: 255 if v > threshold else 0).getbbox()) is not None:
             gray = gray.crop(box)
         scale = _BOX / max(gray.size)
-        if _stroke_width(np.array(gray) > threshold) * scale < 1:
-            # Scaling would thin the stroke below a pixel and average it away (a pen line on a page, a minus sign):
-            # the brightest pixel of each block keeps it.
-            gray = _max_pool(gray, math.ceil(1 / scale))
+        stroke = np.array(gray) > threshold
+        outline = sum(np.count_nonzero(np.diff(stroke, axis=axis, prepend=False, append=False)) for axis in (0, 1))
+        if 2 * np.count_nonzero(stroke) / max(outline, 1) * scale < 1:  # mean stroke width: twice area over outline
+            # Scaling would average a stroke thinner than a pixel away (a pen line on a page, a minus sign): the
+            # brightest pixel of each block keeps it.
+            pixels = torch.from_numpy(np.array(gray, dtype=np.uint8))[None]
+            gray = PIL.Image.fromarray(max_pool2d(pixels, math.ceil(1 / scale), ceil_mode=True)[0].numpy())
         digit = ImageOps.pad(gray, (_BOX, _BOX), method=PIL.Image.Resampling.LANCZOS, color=0)
-        gray = PIL.Image.new("L", (_SIZE, _SIZE))
-        gray.paste(digit, ((_SIZE - _BOX) // 2,) * 2)
+        gray = ImageOps.expand(digit, border=(_SIZE - _BOX) // 2, fill=0)
         if gray.getextrema()[1] == 0:
             raise BlankPictureError()
     return torch.from_numpy(np.array(gray, dtype=np.uint8))
 
 
-def _stroke_width(stroke: np.ndarray) -> float:
-    """The mean width in pixels of the strokes in a boolean mask: twice their area over their outline's length."""
-    outline = sum(np.count_nonzero(np.diff(stroke, axis=axis, prepend=False, append=False)) for axis in (0, 1))
-    return 2 * np.count_nonzero(stroke) / max(outline, 1)
-
-
-def _max_pool(gray: PIL.Image.Image, factor: int) -> PIL.Image.Image:
-    """``gray`` shrunk ``factor`` times, each pixel the brightest of its ``factor``×``factor`` block."""
-    pixels = np.array(gray, dtype=np.uint8)
-    rows, cols = -(-pixels.shape[0] // factor), -(-pixels.shape[1] // factor)
-    blocks = np.zeros((rows * factor, cols * factor), dtype=np.uint8)
-    blocks[: pixels.shape[0], : pixels.shape[1]] = pixels
-    return PIL.Image.fromarray(blocks.reshape(rows, factor, cols, factor).max(axis=(1, 3)))
-
-
 def read_digits(source: Union[str, Path]) -> tuple[Tensor, list[str]]:
     """The picture ``source``, or every PNG/JPEG file in the folder ``source``, as ``[N, 28, 28]`` uint8 digits and
-    their paths.
-
-    A file that cannot be decoded, is not a PNG or JPEG file whatever its name, or is blank gets its own ``error:``
-    line and is skipped; if none can be read, that is a :class:`~gpu_lessons.errors.UserError`.
-    """
+    their printable paths (:func:`decode_digits`); a :class:`~gpu_lessons.errors.UserError` if none can be read."""
     source = Path(source)
     if source.is_dir():
         paths = sorted(p for p in source.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
@@ -112,13 +92,19 @@ def read_digits(source: Union[str, Path]) -> tuple[Tensor, list[str]]:
 
 
 def decode_digits(paths: list[Path]) -> tuple[list[Tensor], list[Path]]:
-    """Each picture in ``paths`` as a ``[28, 28]`` uint8 digit (:func:`mnist_digit`), and the paths that were read.
-    A file that cannot be decoded or is blank gets its own ``error:`` line and is skipped (the only one, a
-    :class:`~gpu_lessons.errors.UserError`)."""
+    """Each picture in ``paths`` as a ``[28, 28]`` uint8 digit (:func:`mnist_digit`), and the paths that were read;
+    one that cannot be read gets an ``error:`` line and is skipped (the only one: a ``UserError``)."""
     digits, read, failures = [], [], []
     for path in paths:
         try:
-            image = _decode(path)
+            with PIL.Image.open(path, formats=READ_FORMATS) as image:
+                # The header gives the size before any pixel is decoded: a small file can hold a huge image.
+                if image.width * image.height > MAX_PIXELS:
+                    raise ValueError(
+                        f"{image.width}×{image.height} pixels is more than the {MAX_PIXELS:,} read here; scale it down "
+                        "first"
+                    )
+                image.load()  # decode now, so that a corrupt file fails here
         except PIL.UnidentifiedImageError:
             kind = _other_format(path)
             reason = f"it is {kind}, not PNG or JPEG" if kind else "not a PNG or JPEG file, or a corrupt one"
@@ -129,10 +115,9 @@ def decode_digits(paths: list[Path]) -> tuple[list[Tensor], list[Path]]:
             continue
         try:
             digits.append(mnist_digit(image))
+            read.append(path)
         except BlankPictureError as error:
             failures.append(f"{printable(path)}: {error}")
-            continue
-        read.append(path)
     if not digits and len(failures) == 1:
         raise UserError(failures[0])
     for failure in failures:
@@ -141,24 +126,11 @@ def decode_digits(paths: list[Path]) -> tuple[list[Tensor], list[Path]]:
 
 
 def printable(path: Path) -> str:
-    """The path as text that prints and writes to UTF-8 anywhere: bytes of a file name that are not UTF-8 (Python
-    keeps them as lone surrogates, which fail to encode) become U+FFFD."""
+    """The path as text that encodes to UTF-8: a file name's undecodable bytes (lone surrogates) become U+FFFD."""
     return str(path).encode("utf-8", "surrogateescape").decode("utf-8", "replace")
 
 
-def _decode(path: Path) -> PIL.Image.Image:
-    with PIL.Image.open(path, formats=READ_FORMATS) as image:
-        # The header gives the size before any pixel is decoded: a small file can hold a huge image.
-        if image.width * image.height > MAX_PIXELS:
-            raise ValueError(
-                f"{image.width}×{image.height} pixels is more than the {MAX_PIXELS:,} read here; scale it down first"
-            )
-        image.load()  # decode now, so that a corrupt file fails here
-    return image
-
-
-# Magic bytes of the picture formats a user is likely to hand over instead, to name them in the error; none of these
-# files is ever decoded.
+# Magic bytes of the formats a user is likely to hand over instead, to name them in the error (never decoded).
 _OTHER_FORMATS = (
     ((0, b"%!PS"), "PostScript"),
     ((0, b"\xc5\xd0\xd3\xc6"), "PostScript"),  # EPS with a binary DOS header
@@ -176,7 +148,7 @@ _OTHER_FORMATS = (
 
 
 def _other_format(path: Path) -> str:
-    """The format of a picture PIL was not allowed to open, from its first bytes; "" when it is none known."""
+    """The format of a file PIL was not allowed to open, from its first bytes; "" when unknown."""
     try:
         with open(path, "rb") as file:
             head = file.read(32)

@@ -1,17 +1,6 @@
-"""Fundamentals, concept 3: a map-style ``Dataset`` that makes each sample only when asked for it.
-
-This is the pattern for data that does not fit in memory (files on disk, rows of a database): ``__len__`` says
-how many samples there are and ``__getitem__`` builds one, and a ``torch.utils.data.DataLoader`` stacks samples
-into batches. Lightning serves any such dataset with :meth:`LightningDataModule.from_datasets
-<lightning.pytorch.core.datamodule.LightningDataModule.from_datasets>`; :func:`random_samples_datamodule` is the
-course's example served that way::
-
-    datamodule = random_samples_datamodule(length=10, batch_size=4)
-    for features, labels in datamodule.train_dataloader():  # batches of 4, 4 and 2 samples
-        print(features.shape, labels)                         # torch.Size([4, 3]) tensor([1, 0, 0, 1])
-
-(The course's lessons keep their small datasets whole on the device instead, which is faster when they fit:
-see :class:`~gpu_lessons.data.tensor_datamodule.TensorDataModule`.)
+"""Fundamentals, concept 3: a map-style ``Dataset`` that makes each sample only when asked for it, the pattern for
+data that does not fit in memory, served by Lightning's ``LightningDataModule.from_datasets``. (The lessons keep
+their small datasets on the device instead: :class:`~gpu_lessons.data.tensor_datamodule.TensorDataModule`.)
 """
 
 from __future__ import annotations
@@ -23,11 +12,8 @@ from torch.utils.data import Dataset
 
 
 class RandomSamples(Dataset[tuple[Tensor, int]]):
-    """The course's ``RandomDataset``: ``length`` samples of 3 random features in [0, 1) and a 0/1 label.
-
-    Nothing is stored: sample ``idx`` is made when it is asked for, from a generator seeded by ``(seed, idx)``, so it
-    is the same sample every time (the course draws a new one on each read) and reading never needs all of them.
-    """
+    """The course's ``RandomDataset``: ``length`` samples of 3 random features in [0, 1) and a 0/1 label, each made
+    when read from a generator seeded by ``(seed, idx)``, so the same every time (the course draws anew)."""
 
     def __init__(self, length: int, seed: int = 42) -> None:
         if isinstance(length, bool) or not isinstance(length, int) or length < 0:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import gzip
-import os
 import shutil
 import zlib
 from pathlib import Path
@@ -29,13 +28,8 @@ DATASETS: dict[str, tuple[type[datasets.MNIST], float, float]] = {
 
 
 def preprocess(images: Tensor, dataset: Dataset = "mnist") -> Tensor:
-    """Images as the MNIST lessons' networks take them: ``[N, 1, 28, 28]`` floats, ``(pixel / 255 - mean) / std``
-    with the dataset's training mean and std (MNIST 0.1307, 0.3081; Fashion-MNIST 0.2860, 0.3530).
-
-    ``images`` are uint8 ``[N, 28, 28]`` (or ``[N, 1, 28, 28]``) as stored, or floats already in [0, 1]. The plain
-    weights of ``python -m gpu_lessons.export`` expect exactly this: raw [0, 1] pixels cost the MLP 5 points of
-    accuracy.
-    """
+    """uint8 ``[N, (1,) 28, 28]`` images (or floats in [0, 1]) as the MNIST networks and exported weights take them:
+    ``[N, 1, 28, 28]`` floats normalised with the dataset's training mean and std."""
     if dataset not in DATASETS:
         raise ValueError(f"dataset must be one of {sorted(DATASETS)}, got {dataset!r}")
     _, mean, std = DATASETS[dataset]
@@ -54,12 +48,8 @@ def preprocess_batch(batch: Any, dataset: Dataset = "mnist") -> Any:
 
 
 class MNISTDataModule(TensorDataModule):
-    """MNIST (or Fashion-MNIST): 60,000 training images split into train/val with a seeded permutation, and
-    the official 10,000-image test set.
-
-    The default ``loader="tensor"`` keeps each split as one uint8 tensor (47 MB for all of MNIST) on the training
-    device and normalises each batch there, in :meth:`on_after_batch_transfer`. ``loader="torchvision"`` is the
-    course's path (per-image ``ToTensor`` and a ``DataLoader``), kept for comparison.
+    """MNIST (or Fashion-MNIST): the 60,000 training images split into train/val with a seeded permutation, and the
+    official 10,000 test images, kept as uint8 tensors on the device and normalised there batch by batch.
 
     Args:
         data_dir: Folder holding ``MNIST/raw`` (or ``FashionMNIST/raw``); downloaded there if missing.
@@ -69,11 +59,11 @@ class MNISTDataModule(TensorDataModule):
         val_size: Training images held out for validation (0 disables validation).
         seed: Seeds the train/val split and the shuffling order.
         download: Download missing files in ``prepare_data`` (needs internet).
-        loader: ``tensor`` (fast, device-resident) or ``torchvision`` (DataLoader over PIL images).
+        loader: ``tensor`` (fast, device-resident) or ``torchvision`` (the course's DataLoader over PIL images).
         num_workers: DataLoader workers for ``loader="torchvision"``.
         on_device: With ``loader="tensor"``, keep the data on the training device.
-        predict_images: A PNG/JPEG picture, or a folder of them, for ``predict`` to classify instead of the test set.
-            Any size: each becomes a 28×28 MNIST-style digit (see :func:`~gpu_lessons.data.images.mnist_digit`).
+        predict_images: A PNG/JPEG picture of any size, or a folder of them, for ``predict`` to classify instead of
+            the test set.
     """
 
     def __init__(
@@ -104,7 +94,6 @@ class MNISTDataModule(TensorDataModule):
         self.hparams.predict_images = None if predict_images is None else str(predict_images)  # likewise
         self.data_dir = Path(data_dir)
         self.dataset_class, self.mean, self.std = DATASETS[dataset]
-        # How predictions name the classes: "digit 7", "Ankle boot".
         self.class_names = [f"digit {i}" for i in range(10)] if dataset == "mnist" else list(self.dataset_class.classes)
         self._torchvision_splits: dict[str, Any] = {}
         self.predict_pictures: Optional[Tensor] = None  # ``predict_images`` as uint8 digits; their files: predict_names
@@ -116,12 +105,9 @@ class MNISTDataModule(TensorDataModule):
 
     def prepare_data(self) -> None:
         """Download the dataset if it is missing (once per node; the only place that touches the network)."""
-        if self._files_present() or self._predicts_images():
-            return
-        self._unpack_archives()
-        if self._files_present():
-            return
-        if self.hparams.download:
+        if self.hparams.predict_images is not None and self.trainer is not None and self.trainer.predicting:
+            return  # predicting predict_images needs no dataset files
+        if not self._unpacked() and self.hparams.download:
             made = missing_folders(self.raw_folder)
             try:
                 for train in (True, False):
@@ -134,13 +120,9 @@ class MNISTDataModule(TensorDataModule):
         if not self._files_present():
             raise self._missing_error("download is disabled" if not self.hparams.download else "download failed")
 
-    def _predicts_images(self) -> bool:
-        """Whether the trainer is predicting ``predict_images``, which needs no dataset files."""
-        return self.hparams.predict_images is not None and self.trainer is not None and self.trainer.predicting
-
-    def _unpack_archives(self) -> None:
-        """Unpack ``.gz`` archives found beside the expected files (e.g. Debian's ``dataset-fashion-mnist``, whose
-        re-compressed archives torchvision's checksums reject); torchvision checks the IDX contents when reading."""
+    def _unpacked(self) -> bool:
+        """Unpack ``.gz`` archives beside missing files (Debian's ``dataset-fashion-mnist``, whose re-compressed
+        archives torchvision's checksums reject); whether all the files are there now."""
         for name in self._file_names():
             archive, target = self.raw_folder / f"{name}.gz", self.raw_folder / name
             if archive.is_file() and not target.is_file():
@@ -151,12 +133,13 @@ class MNISTDataModule(TensorDataModule):
                     raise DatasetError(
                         f"{archive} is damaged ({type(error).__name__}: {error}); delete it and download or copy it again"
                     ) from None
+        return self._files_present()
 
     def _files_present(self) -> bool:
         return all((self.raw_folder / name).is_file() for name in self._file_names())
 
     def _file_names(self) -> list[str]:
-        return [os.path.splitext(os.path.basename(url))[0] for url, _ in self.dataset_class.resources]
+        return [Path(url).stem for url, _ in self.dataset_class.resources]
 
     def _missing_error(self, reason: str) -> DatasetMissingError:
         name = self.dataset_class.__name__
@@ -173,10 +156,8 @@ class MNISTDataModule(TensorDataModule):
         )
 
     def _load(self, train: bool, transform: Any = None) -> datasets.MNIST:
-        if not self._files_present():  # prepare_data did not run (a Trainer-less setup) or another node lacks them
-            self._unpack_archives()
-            if not self._files_present():
-                raise self._missing_error("setup never downloads (prepare_data does)")
+        if not self._unpacked():  # prepare_data did not run (a Trainer-less setup) or another node lacks them
+            raise self._missing_error("setup never downloads (prepare_data does)")
         try:
             dataset = self.dataset_class(self.data_dir, train=train, transform=transform, download=False)
         except Exception as error:  # torchvision's IDX reader fails with asserts, RuntimeErrors, ValueErrors, ...
@@ -191,8 +172,7 @@ class MNISTDataModule(TensorDataModule):
         return dataset
 
     def _damaged_error(self, train: bool, reason: str) -> DatasetError:
-        prefix = "train" if train else "t10k"
-        names = [n for n in self._file_names() if n.startswith(prefix)]
+        names = [n for n in self._file_names() if n.startswith("train" if train else "t10k")]
         return DatasetError(
             f"{self.dataset_class.__name__} in {self.raw_folder.resolve()} is damaged: {' / '.join(names)} cannot be "
             f"read ({reason}). Delete those files (and their .gz archives) and download or copy them again."
@@ -207,20 +187,15 @@ class MNISTDataModule(TensorDataModule):
         return order[val_size:], order[:val_size]
 
     def build_splits(self) -> dict[str, Split]:
-        train = self._load(train=True)
-        test = self._load(train=False)
+        train, test = self._load(train=True), self._load(train=False)
         train_idx, val_idx = self._split_indices(len(train))
-        splits = {
-            "train": (train.data[train_idx], train.targets[train_idx]),
-            "test": (test.data, test.targets),
-        }
+        splits = {"train": (train.data[train_idx], train.targets[train_idx]), "test": (test.data, test.targets)}
         if len(val_idx):
             splits["val"] = (train.data[val_idx], train.targets[val_idx])
         return splits
 
     def setup(self, stage: Optional[str] = None) -> None:
-        """Load the splits once; with ``loader="tensor"`` they go to the training device. Predicting
-        ``predict_images`` reads only those."""
+        """Load the splits once (to the training device with ``loader="tensor"``), or only ``predict_images``."""
         if stage == "predict" and self.hparams.predict_images is not None:
             if self.predict_pictures is None:
                 self.predict_pictures, self.predict_names = read_digits(self.hparams.predict_images)
@@ -254,9 +229,7 @@ class MNISTDataModule(TensorDataModule):
 
     def val_dataloader(self) -> Any:
         """The held-out part of the training images."""
-        if self.hparams.val_size == 0:
-            return []
-        return self._dataloader("val", train=False)
+        return self._dataloader("val", train=False) if self.hparams.val_size else []
 
     def test_dataloader(self) -> Any:
         """The official 10,000 test images."""

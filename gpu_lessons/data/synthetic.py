@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-
 from typing import Any, Literal, Optional
 
 import torch
@@ -20,14 +19,11 @@ def _column(values: list[float]) -> Tensor:
 class LineDataModule(TensorDataModule):
     """Points on the line y = slope·x + intercept (steps 7 and 11: y = 2x + 1 on x = 1..5).
 
-    Validation and test ask for x values the network never saw (the course's 6, 7 and 10), so the monitored
-    ``val/loss`` measures generalisation; ``predict`` returns ŷ for them, or for ``predict_x``.
-
     Args:
         slope: The line's slope.
         intercept: The line's intercept.
         train_x: Inputs to train on.
-        eval_x: Unseen inputs for validation, test and predict.
+        eval_x: Unseen inputs for validation, test and predict, so ``val/loss`` measures generalisation.
         noise: Standard deviation of Gaussian noise added to the training targets.
         predict_x: Inputs for ``predict``; default ``eval_x``.
         **kwargs: Batching options of :class:`TensorDataModule` (``batch_size``, ``seed``, ...).
@@ -54,6 +50,7 @@ class LineDataModule(TensorDataModule):
         self.save_hyperparameters()
 
     def build_splits(self) -> dict[str, Split]:
+        """Noisy training points and exact unseen ones."""
         hp = self.hparams
         x_train, x_eval = _column(hp.train_x), _column(hp.eval_x)
         generator = torch.Generator().manual_seed(self.seed)
@@ -64,9 +61,8 @@ class LineDataModule(TensorDataModule):
 
 
 class CurveDataModule(TensorDataModule):
-    """The parabola y = x² sampled on an even grid (step 8): no straight line can fit it.
-
-    Validation and test use the midpoints between the training points.
+    """The parabola y = x² on an even grid (step 8): no straight line can fit it. Validation and test use the
+    midpoints between the training points.
 
     Args:
         num_points: Training points on the grid.
@@ -93,23 +89,17 @@ class CurveDataModule(TensorDataModule):
         self.save_hyperparameters()
 
     def build_splits(self) -> dict[str, Split]:
+        """The grid for training, its midpoints for evaluation."""
         hp = self.hparams
         x_train = torch.linspace(hp.x_min, hp.x_max, hp.num_points).unsqueeze(1)
         x_eval = (x_train[1:] + x_train[:-1]) / 2
-        return {
-            "train": (x_train, x_train**2),
-            "val": (x_eval, x_eval**2),
-            "test": (x_eval, x_eval**2),
-            "predict": (x_eval if hp.predict_x is None else _column(hp.predict_x),),
-        }
+        evaluation, x_predict = (x_eval, x_eval**2), x_eval if hp.predict_x is None else _column(hp.predict_x)
+        return {"train": (x_train, x_train**2), "val": evaluation, "test": evaluation, "predict": (x_predict,)}
 
 
 class BlobsDataModule(TensorDataModule):
-    """Two Gaussian blobs, class 0 around ``center0`` and class 1 around ``center1`` (step 9).
-
-    With the defaults the training set is exactly the course's: ``torch.manual_seed(42)``, 50 points of
-    ``randn + 2`` then 50 of ``randn + 6``. Validation and test are fresh draws (seeds + 1, + 2); ``predict``
-    classifies the course's four new points.
+    """Two Gaussian blobs, classes 0 and 1 (step 9); with the defaults the training set is exactly the course's
+    (``torch.manual_seed(42)``, 50 points of ``randn + 2`` then 50 of ``randn + 6``), validation and test fresh draws.
 
     Args:
         center0: Centre of class 0 (the same value on both axes, as in the course).
@@ -141,28 +131,22 @@ class BlobsDataModule(TensorDataModule):
         generator = torch.Generator().manual_seed(seed)
         class0 = torch.randn(per_class, 2, generator=generator) + self.hparams.center0
         class1 = torch.randn(per_class, 2, generator=generator) + self.hparams.center1
-        labels = torch.cat([torch.zeros(per_class), torch.ones(per_class)])
-        return torch.cat([class0, class1]), labels
+        return torch.cat([class0, class1]), torch.cat([torch.zeros(per_class), torch.ones(per_class)])
 
     def build_splits(self) -> dict[str, Split]:
-        n, n_eval = self.hparams.samples_per_class, self.hparams.eval_samples_per_class
-        points = torch.tensor(self.hparams.predict_points, dtype=torch.float32)
-        return {
-            "train": self._draw(self.seed, n),
-            "val": self._draw(self.seed + 1, n_eval),
-            "test": self._draw(self.seed + 2, n_eval),
-            "predict": (points,),
-        }
+        """Three seeded draws and the points to classify."""
+        hp = self.hparams
+        sizes = {"train": hp.samples_per_class, "val": hp.eval_samples_per_class, "test": hp.eval_samples_per_class}
+        splits = {name: self._draw(self.seed + i, size) for i, (name, size) in enumerate(sizes.items())}
+        return {**splits, "predict": (torch.tensor(hp.predict_points, dtype=torch.float32),)}
 
 
 class RandomFeaturesDataModule(TensorDataModule):
     """Samples x ~ N(0, 1)^num_features with a binary label (steps 13 and 14).
 
-    ``labels="pattern"`` gives the learnable rule label = (sum of features > 0); ``labels="noise"`` gives coin-flip
-    labels that carry no information, so anything a network learns about them is memorisation.
-
     Args:
-        labels: ``pattern`` or ``noise``.
+        labels: ``pattern``: the learnable rule label = (sum of features > 0); ``noise``: coin flips, which a network
+            can only memorise.
         num_features: Features per sample (10 in step 13, 4 in step 14).
         num_train: Training samples.
         num_val: Validation samples (drawn independently).
@@ -191,15 +175,10 @@ class RandomFeaturesDataModule(TensorDataModule):
         generator = torch.Generator().manual_seed(seed)
         x = torch.randn(count, self.hparams.num_features, generator=generator)
         if self.hparams.labels == "noise":
-            y = torch.randint(0, 2, (count,), generator=generator).float()
-        else:
-            y = (x.sum(dim=1) > 0).float()
-        return x, y
+            return x, torch.randint(0, 2, (count,), generator=generator).float()
+        return x, (x.sum(dim=1) > 0).float()
 
     def build_splits(self) -> dict[str, Split]:
-        hp = self.hparams
-        return {
-            "train": self._draw(self.seed, hp.num_train),
-            "val": self._draw(self.seed + 1, hp.num_val),
-            "test": self._draw(self.seed + 2, hp.num_test),
-        }
+        """Three seeded draws."""
+        sizes = {"train": self.hparams.num_train, "val": self.hparams.num_val, "test": self.hparams.num_test}
+        return {name: self._draw(self.seed + i, size) for i, (name, size) in enumerate(sizes.items())}

@@ -20,30 +20,17 @@ MAX_SEED = 2**32 - 1  # what seed_everything takes (numpy's range); the data's g
 
 
 class TensorDataModule(LightningDataModule):
-    """A DataModule whose splits are tensors, placed once on the training device and served by a ``DataLoader`` that
-    makes each batch with one indexing operation (:class:`~gpu_lessons.data.batches.EpochPermutation`).
+    """A DataModule whose splits (built by :meth:`build_splits`) are tensors placed once on the training device.
 
-    Subclasses implement :meth:`build_splits` and return ``{"train": (x, y), "val": ..., "test": ..., "predict": ...}``
-    (any split may be missing). Mini-batches are shuffled with ``seed + epoch``; a full batch keeps the stored order;
-    under DDP each rank gets its own shard.
-
-    What callbacks and the CLI read, as plain attributes:
-
-    * ``splits``: the splits' tensors by name, on the training device once :meth:`setup` has run;
-    * ``class_names``: how predictions and pictures name the classes (``["digit 0", ...]``, Fashion-MNIST's
-      ``"Ankle boot"``), or ``None``: classes are numbered, and regression has none;
-    * ``predict_names``: the names of the samples ``predict`` serves, in order (the picture files), or ``None``:
-      they are numbered.
+    Callbacks and the CLI read ``splits``, ``class_names`` and ``predict_names`` (``None``: numbered).
 
     Args:
         batch_size: Training batch size; ``None`` trains full-batch, as the course's small lessons do.
         eval_batch_size: Batch size for validation/test/predict; ``None`` means the whole split at once.
         seed: Seeds the data itself (in subclasses) and the shuffling order.
         on_device: Keep the splits on the training device (GPU) instead of copying every batch from the host.
-        steps_per_epoch: Full-batch training only: optimizer steps in one epoch, each on the whole training split.
-            The course's loops take one full-batch step per "epoch"; 100 of them in one epoch are the same steps on
-            the same data (the same results), without paying the epoch-end work (logging, validation, checkpoints)
-            after every step.
+        steps_per_epoch: Full-batch training only: optimizer steps in one epoch, each on the whole training split
+            (the course's steps, without the epoch-end work after each).
     """
 
     def __init__(
@@ -78,8 +65,7 @@ class TensorDataModule(LightningDataModule):
 
     @staticmethod
     def check_size(values: int, what: str) -> None:
-        """Refuse synthetic data of more than :data:`MAX_VALUES` numbers up front (``num_train 1e11`` would otherwise
-        fail deep inside torch's allocator)."""
+        """Refuse synthetic data of more than :data:`MAX_VALUES` numbers before torch's allocator fails on it."""
         if values > MAX_VALUES:
             raise ValueError(
                 f"{what} make {values:,} numbers ({values * 4 / 2**30:,.1f} GiB), more than the {MAX_VALUES:,} that "
@@ -87,20 +73,17 @@ class TensorDataModule(LightningDataModule):
             )
 
     def build_splits(self) -> dict[str, Split]:
-        """Create the splits as CPU tensors. Must be deterministic given the constructor's arguments."""
+        """The splits as CPU tensors by name (``train``, ``val``, ``test``, ``predict``); deterministic."""
         raise NotImplementedError
 
     def setup(self, stage: Optional[str] = None) -> None:
-        """Build the splits on the first call and keep them on the training device (moved if a later trainer uses
-        another)."""
+        """Build the splits on the first call and move them to the training device."""
         splits = self.splits or self.build_splits()
         device = self._device()
         self.splits = {name: tuple(t.to(device) for t in tensors) for name, tensors in splits.items()}
 
     def _device(self) -> torch.device:
-        if self.on_device and self.trainer is not None:
-            return self.trainer.strategy.root_device
-        return torch.device("cpu")
+        return self.trainer.strategy.root_device if self.on_device and self.trainer is not None else torch.device("cpu")
 
     def _split(self, name: str) -> Split:
         if name not in self.splits:
@@ -108,8 +91,7 @@ class TensorDataModule(LightningDataModule):
         return self.splits[name]
 
     def _loader(self, tensors: Split, *, train: bool) -> ResumableDataLoader:
-        """A ``DataLoader`` over ``tensors``, which sit on one device: shuffled, ``steps_per_epoch`` passes and
-        equal shards for training; in order and exact shards otherwise."""
+        """Training: shuffled, ``steps_per_epoch`` passes, equal shards; otherwise in order, exact shards."""
         if self.trainer is not None and self.trainer.overfit_batches:
             # Lightning would swap in a SequentialSampler, which with batch_size=None serves single samples
             raise UserError("overfit_batches does not work with in-memory data; use --trainer.limit_train_batches")
@@ -118,9 +100,8 @@ class TensorDataModule(LightningDataModule):
         sampler = EpochPermutation(
             dataset,
             batch_size=self.batch_size if train else self.eval_batch_size,
-            # a full batch holds every sample whatever the order: in the stored order, as the course's loops take it,
-            # its steps are the course loop's to the bit (gpu_lessons.course); under DDP equal shards leave a remainder
-            # out, which shuffling makes another each epoch
+            # a full batch in the stored order takes the course loop's steps to the bit; under DDP, shuffling leaves
+            # out another remainder each epoch
             shuffle=train and (self.batch_size is not None or num_replicas > 1),
             seed=self.seed,
             rank=rank,
@@ -129,8 +110,7 @@ class TensorDataModule(LightningDataModule):
             passes=self.steps_per_epoch if train else 1,
             device=tensors[0].device,
         )
-        # The sampler's items are whole batches. Its own generator: every iter() draws a worker seed from it, which
-        # would otherwise move the global RNG that dropout draws from.
+        # Its own generator: every iter() draws a worker seed, which would otherwise move dropout's global RNG.
         return ResumableDataLoader(dataset, batch_size=None, sampler=sampler, generator=torch.Generator())
 
     def train_dataloader(self) -> ResumableDataLoader:
