@@ -8,8 +8,7 @@ lesson from the same starting point and shows that both end with the same weight
 full-batch lesson, because Lightning runs the same five lines (it does zero_grad, backward and step for the loss the
 lesson's ``training_step`` returns).
 
-The MNIST lessons' loop is :func:`course_mnist_loop`: other settings by design, so ``--compare`` shows the test
-accuracies side by side rather than equal to the bit.
+The MNIST lessons' loop (:func:`course_mnist_loop`) has other settings: ``--compare`` puts the accuracies side by side.
 """
 
 from __future__ import annotations
@@ -89,8 +88,6 @@ def _built(name: str, *extra: str):  # -> LessonCLI, imported here: ``gpu-lesson
 
 
 def _course(args: argparse.Namespace) -> int:
-    if args.lesson in MNIST_LESSONS:
-        return _course_mnist(args)
     cli = _built(args.lesson)
     lesson, data, trainer = cli.model, cli.datamodule, cli.trainer
     data.setup("fit")
@@ -159,7 +156,7 @@ def main(argv: Optional[list[str]] = None, prog: str = "gpu-lessons course") -> 
     def course() -> int:
         args = parser.parse_args(argv[:split])
         args.lesson_options = argv[split + 1 :]
-        return _course(args)
+        return (_course_mnist if args.lesson in MNIST_LESSONS else _course)(args)
 
     return run_command(course)
 

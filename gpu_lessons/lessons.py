@@ -48,8 +48,8 @@ def _course_order(path: Path) -> tuple:
 
 
 def config_path(value: str) -> str:
-    """What ``--config VALUE`` reads: an existing file; else a lesson's name (``cnn``, ``cnn.yaml``, ``configs/cnn.yaml``)
-    as the shipped config (a :class:`UserError` if there is none); else the value, for jsonargparse."""
+    """What ``--config VALUE`` reads: an existing file; else a lesson's name (``cnn``, ``cnn.yaml``,
+    ``configs/cnn.yaml``) as the shipped config (a :class:`UserError` if none); else the value, for jsonargparse."""
     if os.path.isfile(value):
         return value
     name = _LESSON_NAME.fullmatch(value)
@@ -99,13 +99,9 @@ def _lesson_parser() -> LightningArgumentParser:
 
 def markdown_table(lessons: list[LessonInfo]) -> str:
     """The lessons as the README's Markdown table."""
-    lines = [
-        "| lesson | course | network (parameters) | data | what it shows | result with the shipped config |",
-        "|---|---|---|---|---|---|",
-    ]
-    for f in lessons:
-        lines.append(f"| `{f.name}` | {f.step} | `{f.network}` ({f.parameters:,}) | {f.data} | {f.shows} | {f.result} |")
-    return "\n".join(lines)
+    header = "| lesson | course | network (parameters) | data | what it shows | result with the shipped config |"
+    row = "| `{name}` | {step} | `{network}` ({parameters:,}) | {data} | {shows} | {result} |"
+    return "\n".join([header, "|---|---|---|---|---|---|", *(row.format(**vars(lesson)) for lesson in lessons)])
 
 
 def text_table(lessons: list[LessonInfo]) -> str:

@@ -72,12 +72,9 @@ class Lesson(LightningModule):
 
     @classmethod
     def load_from_checkpoint(cls, checkpoint_path: Any, map_location: Any = None, **kwargs: Any) -> "Lesson":
-        """Lightning's ``load_from_checkpoint``, with nothing in the checkpoint able to choose code.
-
-        The file is read with ``weights_only=True`` and its hyperparameters must be plain values for the lesson's
-        arguments, else :class:`~gpu_lessons.errors.CheckpointError`. ``Lesson.load_from_checkpoint`` builds the class
-        the checkpoint names if it is imported. ``kwargs`` (your own code) override the hyperparameters.
-        """
+        """Lightning's ``load_from_checkpoint`` with ``weights_only=True`` and only plain hyperparameters, else a
+        :class:`~gpu_lessons.errors.CheckpointError`: nothing in the file chooses code. On ``Lesson``, it builds the
+        (imported) class the checkpoint names; ``kwargs`` override the hyperparameters."""
         weights_only = kwargs.pop("weights_only", None)
         if not isinstance(checkpoint_path, (str, os.PathLike)):
             raise CheckpointError(f"load_from_checkpoint takes a file path, got {type(checkpoint_path).__name__}")

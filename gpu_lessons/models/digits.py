@@ -27,4 +27,4 @@ class DigitLesson(MulticlassTask):
         scheduler: Optional[LRSchedulerCallable] = None,
         label_smoothing: float = 0.0,
     ) -> None:
-        super().__init__(self.net_class(), 10, optimizer, scheduler, label_smoothing=label_smoothing)
+        super().__init__(self.net_class(), 10, optimizer, scheduler, label_smoothing=label_smoothing)  # 10 classes

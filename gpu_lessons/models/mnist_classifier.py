@@ -22,6 +22,6 @@ class MNISTClassifier(nn.Module):
 
 
 class MNISTClassifierLesson(DigitLesson):
-    """10-class digit classification with the one-hidden-layer network (see :class:`~gpu_lessons.models.digits.DigitLesson`)."""
+    """10-class digit classification with the one-hidden-layer network (a :class:`~.digits.DigitLesson`)."""
 
     net_class = MNISTClassifier
