@@ -1,7 +1,5 @@
-"""The shipped lessons, whose configs travel inside the package: ``gpu-lessons lessons`` lists them, ``--copy cnn``
-writes ``./cnn.yaml`` to edit, and ``--config cnn`` runs the shipped one. The listing comes from the configs: each
-opens with ``# Step 12: what it shows``, ``# Data: ...`` and ``# Result: ...`` lines, and the network is built from it.
-"""
+"""The shipped lessons (configs inside the package): ``gpu-lessons lessons`` lists them from the configs' header lines
+and networks, ``--copy cnn`` writes ``./cnn.yaml`` to edit, and ``--config cnn`` runs the shipped one."""
 
 from __future__ import annotations
 

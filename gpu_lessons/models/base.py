@@ -94,8 +94,7 @@ class Lesson(LightningModule):
                 f"{source} does not record its lesson class (it was saved from Python, not by the CLI): "
                 "load it with its lesson, e.g. CNNLesson.load_from_checkpoint(...) (the export: --lesson CNNLesson)"
             )
-        # Lightning gets a new file of the weights and checked hyperparameters only: none of the file's other
-        # entries (legacy "hparams", "module_arguments", ...) reaches the constructor.
+        # Lightning reads a new file of only these: no other entry (legacy "hparams", ...) reaches the constructor.
         state = checkpoint["state_dict"]
         version = str(checkpoint.get("pytorch-lightning_version", lightning.__version__))
         checked = io.BytesIO()
