@@ -1,9 +1,5 @@
-"""gpu_lessons: a beginner's GPU/PyTorch course as PyTorch Lightning code.
-
-Every lesson is a :class:`~lightning.pytorch.LightningModule` around the course's plain ``nn.Module``
-(``gpu_lessons.models``), its data a ``LightningDataModule`` (``gpu_lessons.data``), and
-``python -m gpu_lessons fit --config configs/<lesson>.yaml`` runs it.
-"""
+"""gpu_lessons: a beginner's GPU/PyTorch course as PyTorch Lightning lessons (``gpu_lessons.models``) and their data
+(``gpu_lessons.data``); ``gpu-lessons fit --config cnn`` runs one."""
 
 from importlib import import_module
 from importlib.metadata import PackageNotFoundError, version
@@ -17,8 +13,7 @@ __all__ = ["data", "models", "__version__"]
 
 
 def __getattr__(name: str) -> Any:
-    """``gpu_lessons.data`` and ``gpu_lessons.models``, imported when first used: ``import gpu_lessons.course_loop``
-    (torch alone) stays as light as the course's own scripts."""
+    """``gpu_lessons.data`` and ``.models``, imported when first used: ``gpu_lessons.course_loop`` stays light."""
     if name in ("data", "models"):
         return import_module(f"gpu_lessons.{name}")
     raise AttributeError(f"module 'gpu_lessons' has no attribute {name!r}")

@@ -1,5 +1,4 @@
-"""``python -m gpu_lessons ...``: the ``gpu-lessons`` command (fit, validate, test, predict, lessons, export,
-pictures, doctor)."""
+"""``python -m gpu_lessons ...``: the ``gpu-lessons`` command."""
 
 from gpu_lessons.cli import main
 

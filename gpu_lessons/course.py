@@ -8,9 +8,7 @@ lesson from the same starting point and shows that both end with the same weight
 full-batch lesson, because Lightning runs the same five lines (it does zero_grad, backward and step for the loss the
 lesson's ``training_step`` returns).
 
-The MNIST lessons' course loop (its steps 10 and 12: torchvision's ``ToTensor`` and a ``DataLoader`` of batch 32,
-Adam at 1e-3, 5 epochs) is :func:`course_mnist_loop`; ``gpu-lessons course cnn --data_dir DIR --compare`` puts its
-test accuracy beside the shipped config's (other settings by design, so side by side rather than to the bit).
+The MNIST lessons' loop (:func:`course_mnist_loop`) has other settings: ``--compare`` puts the accuracies side by side.
 """
 
 from __future__ import annotations
@@ -28,7 +26,6 @@ from torch import nn
 from gpu_lessons.course_loop import course_loop
 from gpu_lessons.errors import CommandParser, UserError, positive_int, run_command
 
-# The lessons the course trains full-batch with its plain loop, and those it trains on MNIST with a DataLoader.
 FULL_BATCH_LESSONS = ("regression", "activations", "classifier", "overfit", "dropout", "step_lr", "plateau")
 MNIST_LESSONS = ("mlp", "cnn", "mnist_classifier")
 
@@ -37,9 +34,8 @@ def course_mnist_loop(
     model: nn.Module, data_dir: Union[str, Path], device: Union[str, torch.device] = "cpu", epochs: int = 5,
     print_loss: bool = True,
 ) -> tuple[float, float]:
-    """The course's MNIST loop (steps 10 and 12), as written there: ``ToTensor`` pixels in [0, 1], a shuffled
-    ``DataLoader`` of batch 32, Adam at 1e-3, cross-entropy, ``epochs`` epochs. Returns the training seconds and the
-    test accuracy. ``data_dir`` holds ``MNIST/raw``."""
+    """The course's MNIST loop (steps 10 and 12): ``ToTensor``, a shuffled ``DataLoader`` of batch 32, Adam at 1e-3,
+    cross-entropy. Returns the training seconds and the test accuracy; ``data_dir`` holds ``MNIST/raw``."""
     from torch.utils.data import DataLoader
     from torchvision import datasets, transforms
 
@@ -87,13 +83,11 @@ def _built(name: str, *extra: str):  # -> LessonCLI, imported here: ``gpu-lesson
         "--last_checkpoint.save_top_k", "0", "--trainer.num_sanity_val_steps", "0",
     ]
     quiet_lightning()
-    # nothing to keep: no logs, checkpoints, pictures or config.yaml (Lightning would write it into this folder)
+    # nothing is written: no logs, checkpoints, pictures or config.yaml
     return LessonCLI(args=["--config", config_path(name), *quiet, *extra], run=False, save_config_callback=None)
 
 
 def _course(args: argparse.Namespace) -> int:
-    if args.lesson in MNIST_LESSONS:
-        return _course_mnist(args)
     cli = _built(args.lesson)
     lesson, data, trainer = cli.model, cli.datamodule, cli.trainer
     data.setup("fit")
@@ -148,8 +142,7 @@ def _course_mnist(args: argparse.Namespace) -> int:
 
 
 def main(argv: Optional[list[str]] = None, prog: str = "gpu-lessons course") -> int:
-    """``gpu-lessons course LESSON [--compare]``: its exit code (:mod:`gpu_lessons.errors`); 1 if ``--compare``
-    finds different weights."""
+    """``gpu-lessons course LESSON [--compare]``: the exit code (:mod:`gpu_lessons.errors`), 1 for different weights."""
     parser = CommandParser(prog=prog, description=__doc__.split("\n\n")[1].replace("\n", " "))
     parser.add_argument("lesson", choices=FULL_BATCH_LESSONS + MNIST_LESSONS, help="the lesson whose course loop to run")
     parser.add_argument("--compare", action="store_true", help="also train the Lightning lesson: the same weights (full "
@@ -163,7 +156,7 @@ def main(argv: Optional[list[str]] = None, prog: str = "gpu-lessons course") -> 
     def course() -> int:
         args = parser.parse_args(argv[:split])
         args.lesson_options = argv[split + 1 :]
-        return _course(args)
+        return (_course_mnist if args.lesson in MNIST_LESSONS else _course)(args)
 
     return run_command(course)
 

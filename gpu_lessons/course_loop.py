@@ -1,6 +1,5 @@
-"""The course's training loop (its step 7), in plain PyTorch and nothing else: forward pass, loss, zero_grad, backward,
-step. ``gpu-lessons course`` runs it beside each lesson (:mod:`gpu_lessons.course`); ``benchmarks/lesson_speed.py`` times
-it as the course's script (importing this imports torch alone)."""
+"""The course's step-7 training loop in plain PyTorch (importing this imports torch alone), run beside each lesson
+by ``gpu-lessons course`` and timed by ``benchmarks/lesson_speed.py``."""
 
 from __future__ import annotations
 
@@ -10,25 +9,20 @@ import torch
 from torch import Tensor, nn
 from torch.optim.lr_scheduler import ReduceLROnPlateau
 
-LossFn = Callable[[Tensor, Tensor], Tensor]
-
 
 def course_loop(
     model: nn.Module,
     X: Tensor,
     y: Tensor,
-    loss_fn: LossFn,
+    loss_fn: Callable[[Tensor, Tensor], Tensor],
     optimizer: torch.optim.Optimizer,
     steps: int,
     scheduler: Optional[object] = None,
     steps_per_epoch: int = 1,
     print_every: int = 0,
 ) -> float:
-    """The course's training loop: ``steps`` full-batch steps on ``X``, ``y``; the last loss.
-
-    A scheduler steps once per epoch of ``steps_per_epoch`` steps (the course's epochs are single steps), on the
-    loss for ``ReduceLROnPlateau``. ``print_every`` prints the loss (and learning rate) every that many steps.
-    """
+    """``steps`` full-batch steps on ``X``, ``y``; the last loss. A scheduler steps every ``steps_per_epoch`` steps
+    (on the loss for ``ReduceLROnPlateau``); ``print_every`` prints the loss and learning rate."""
     model.train()
     for step in range(steps):
         prediction = model(X)  # 1. forward pass: make a prediction

@@ -1,17 +1,5 @@
-"""The shipped lessons: their configs travel inside the package, so a lesson runs by name from any folder.
-
-``gpu-lessons lessons`` lists them (course step, network and parameter count, data, what it shows, the result its
-config reaches), ``gpu-lessons lessons --copy cnn`` writes ``./cnn.yaml`` to change and run with
-``--config cnn.yaml``, and ``gpu-lessons fit --config cnn`` runs the shipped ``cnn.yaml``.
-
-Everything the listing says comes from the configs themselves. Each one opens with::
-
-    # Step 12: a small convolutional network beats the MLP on MNIST with half the parameters.
-    # Data: MNIST
-    # Result: 99.06 % test accuracy in 5 epochs (course: 98.79 %)
-
-and the network and its parameter count are read off the lesson the config builds.
-"""
+"""The shipped lessons (configs inside the package): ``gpu-lessons lessons`` lists them from the configs' header lines
+and networks, ``--copy cnn`` writes ``./cnn.yaml`` to edit, and ``--config cnn`` runs the shipped one."""
 
 from __future__ import annotations
 
@@ -40,9 +28,8 @@ def shipped_configs() -> dict[str, Path]:
     return dict(_shipped_configs())
 
 
-@functools.cache
+@functools.cache  # the installed package's files do not change while it runs
 def _shipped_configs() -> tuple[tuple[str, Path], ...]:
-    """The installed package's files do not change while it runs: the folder is read once."""
     try:
         folder = Path(str(resources.files("gpu_lessons.configs")))
     except ModuleNotFoundError:  # a source checkout that was never installed: the repo's configs/ itself
@@ -59,10 +46,8 @@ def _course_order(path: Path) -> tuple:
 
 
 def config_path(value: str) -> str:
-    """What ``--config VALUE`` reads: an existing file as it is; a lesson's name (``cnn``, ``cnn.yaml``, or the repo's
-    ``configs/cnn.yaml`` typed in a folder that has no such file) as the shipped config; anything else (inline YAML,
-    another path) unchanged, for jsonargparse to read or report. A name that is no shipped lesson is a
-    :class:`UserError` listing them."""
+    """What ``--config VALUE`` reads: an existing file; else a lesson's name (``cnn``, ``cnn.yaml``,
+    ``configs/cnn.yaml``) as the shipped config (a :class:`UserError` if none); else the value, for jsonargparse."""
     if os.path.isfile(value):
         return value
     name = _LESSON_NAME.fullmatch(value)
@@ -98,15 +83,8 @@ def describe(name: str) -> LessonInfo:
     config = parser.parse_object({"model": yaml.safe_load(text)["model"]})
     instantiate = getattr(parser, "instantiate", None) or parser.instantiate_classes  # renamed in jsonargparse 4.49
     net = instantiate(config).model.net
-    return LessonInfo(
-        name=name,
-        step=header["step"],
-        shows=header["shows"],
-        network=type(net).__name__,
-        parameters=sum(p.numel() for p in net.parameters()),
-        data=header["data"],
-        result=header["result"],
-    )
+    parameters = sum(p.numel() for p in net.parameters())
+    return LessonInfo(name=name, network=type(net).__name__, parameters=parameters, **header.groupdict())
 
 
 @functools.cache
@@ -119,16 +97,9 @@ def _lesson_parser() -> LightningArgumentParser:
 
 def markdown_table(lessons: list[LessonInfo]) -> str:
     """The lessons as the README's Markdown table."""
-    lines = [
-        "| lesson | course | network (parameters) | data | what it shows | result with the shipped config |",
-        "|---|---|---|---|---|---|",
-    ]
-    for lesson in lessons:
-        lines.append(
-            f"| `{lesson.name}` | {lesson.step} | `{lesson.network}` ({lesson.parameters:,}) | {lesson.data} "
-            f"| {lesson.shows} | {lesson.result} |"
-        )
-    return "\n".join(lines)
+    header = "| lesson | course | network (parameters) | data | what it shows | result with the shipped config |"
+    row = "| `{name}` | {step} | `{network}` ({parameters:,}) | {data} | {shows} | {result} |"
+    return "\n".join([header, "|---|---|---|---|---|---|", *(row.format(**vars(lesson)) for lesson in lessons)])
 
 
 def text_table(lessons: list[LessonInfo]) -> str:
@@ -143,8 +114,7 @@ def text_table(lessons: list[LessonInfo]) -> str:
 
 
 def copy_config(name: str, folder: Path = Path(".")) -> Path:
-    """Write the shipped config of ``name`` to ``folder/<name>.yaml`` to edit; an existing file (or a link, even a
-    dangling one) is never replaced (:class:`~gpu_lessons.errors.OutputExistsError`)."""
+    """Write the shipped config of ``name`` to ``folder/<name>.yaml`` to edit, never over a file or link."""
     return write_new_file(folder / f"{name}.yaml", _shipped(name).read_bytes())
 
 
@@ -153,13 +123,6 @@ def _shipped(name: str) -> Path:
     if name not in shipped:
         raise UserError(f"no lesson {name!r}; the lessons are {', '.join(shipped)}")
     return shipped[name]
-
-
-def _parser(prog: str) -> argparse.ArgumentParser:
-    parser = CommandParser(prog=prog, description="The lessons this package ships, and what each reaches.")
-    parser.add_argument("--copy", metavar="LESSON", help="write LESSON's config to ./LESSON.yaml (never over a file)")
-    parser.add_argument("--markdown", action="store_true", help="print the table as Markdown (the README's)")
-    return parser
 
 
 def _lessons(args: argparse.Namespace) -> int:
@@ -176,4 +139,7 @@ def _lessons(args: argparse.Namespace) -> int:
 
 def main(argv: Optional[list[str]] = None, prog: str = "gpu-lessons lessons") -> int:
     """List the lessons, or copy one's config into the current folder; the exit code (:mod:`gpu_lessons.errors`)."""
-    return run_command(lambda: _lessons(_parser(prog).parse_args(argv)))
+    parser = CommandParser(prog=prog, description="The lessons this package ships, and what each reaches.")
+    parser.add_argument("--copy", metavar="LESSON", help="write LESSON's config to ./LESSON.yaml (never over a file)")
+    parser.add_argument("--markdown", action="store_true", help="print the table as Markdown (the README's)")
+    return run_command(lambda: _lessons(parser.parse_args(argv)))

@@ -1,7 +1,6 @@
-"""The one LightningModule every lesson shares: the step, per-stage metrics, the best-so-far metric, optimizers.
+"""The LightningModule every lesson shares: one step, per-stage metrics, the best-so-far metric, optimizers.
 
-What differs between regression, binary and multiclass lessons (the criterion, the metric, how outputs become
-predictions) is written out once per task in :mod:`gpu_lessons.models.tasks`; a lesson subclasses one of those.
+The criterion, metric and predictions differ per task (:mod:`gpu_lessons.models.tasks`); a lesson subclasses one.
 """
 
 from __future__ import annotations
@@ -21,9 +20,6 @@ from torchmetrics import MeanMetric, Metric
 from gpu_lessons.safe_checkpoints import checked_hyperparameters, load_checkpoint
 from gpu_lessons.errors import CheckpointError, UserError
 
-# Schedulers designed to move the learning rate every optimizer step, not every epoch.
-_PER_STEP_SCHEDULERS = (OneCycleLR, CyclicLR)
-
 
 def batch_inputs(batch: Any) -> Tensor:
     """The inputs of a batch that is either a tensor or an ``(inputs, ...)`` tuple or list."""
@@ -31,28 +27,15 @@ def batch_inputs(batch: Any) -> Tensor:
 
 
 class Lesson(LightningModule):
-    """A lesson = one of the course's plain ``nn.Module`` networks plus the training logic they all share.
+    """One of the course's plain networks (``net``; logits for classification) and the training logic lessons share.
 
-    One step for train/val/test, one torchmetrics object per stage, a best-so-far validation metric, and
-    optimizer/scheduler wiring from injected factories, so a YAML config can pick any ``torch.optim`` optimizer and
-    LR scheduler. Subclass a task (:class:`~gpu_lessons.models.tasks.RegressionTask`, ``BinaryTask``,
-    ``MulticlassTask``) rather than this class: it supplies ``criterion`` and the metrics.
-
-    Args:
-        net: The plain PyTorch network. For classification it returns logits (no sigmoid/softmax).
-        criterion: The loss, e.g. ``nn.MSELoss()``.
-        train_metric: The training metric, updated once per epoch with the epoch's steps (it may skip torchmetrics'
-            input checks, ``validate_args=False``: its inputs come from the lesson's own step).
-        eval_metric: Builds the validation and test metric.
-        best_metric: Tracks the best validation metric so far (``MinMetric`` or ``MaxMetric``).
-        optimizer: Builds the optimizer from the parameters, e.g. ``torch.optim.Adam`` or a partial with an lr.
-        scheduler: Builds an LR scheduler from the optimizer, or ``None``. OneCycleLR and CyclicLR step every
-            batch, the others every epoch; a OneCycleLR from a config without ``total_steps`` (or ``epochs``) gets
-            ``total_steps`` from the trainer.
-        monitor: The metric ReduceLROnPlateau watches.
+    Subclass a task (:class:`~gpu_lessons.models.tasks.RegressionTask`, ``BinaryTask``, ``MulticlassTask``): it gives
+    the ``criterion``, the training metric, the ``eval_metric`` factory and the ``best_metric``. ``optimizer`` and
+    ``scheduler`` are factories (OneCycleLR and CyclicLR step every batch, others every epoch); ``monitor`` is the
+    metric ReduceLROnPlateau watches.
     """
 
-    metric_name: ClassVar[str]  # what the metric is logged as: "train/<name>", "val/<name>", "val/<name>_best"
+    metric_name: ClassVar[str]  # logged as "train/<name>", "val/<name>", "val/<name>_best"
 
     def __init__(
         self,
@@ -66,8 +49,7 @@ class Lesson(LightningModule):
         monitor: str = "val/loss",
     ) -> None:
         super().__init__()
-        # Only plain values are hyperparameters: modules, metrics and factories are code, not data, and keeping them
-        # out keeps every checkpoint loadable with ``weights_only=True`` (the CLI writes the factories to config.yaml).
+        # Only plain values are hyperparameters, so every checkpoint loads with weights_only=True.
         self.save_hyperparameters(ignore=["net", "criterion", "train_metric", "eval_metric", "best_metric", "optimizer", "scheduler"])
         self.net = net
         self.criterion = criterion
@@ -80,26 +62,19 @@ class Lesson(LightningModule):
             optimizer([nn.Parameter(torch.zeros(1))])
         except (ValueError, TypeError) as error:
             raise UserError(f"invalid optimizer arguments: {error}") from None
-        # One metric object per stage, so their states never mix. A NaN training loss stays in the epoch's mean
-        # ("warn" would drop it, and scan for it on the host); stopping at one is FiniteLossGuard's job.
+        # A NaN loss stays in the epoch's mean ("warn" would drop it after a host sync); FiniteLossGuard stops on it.
         self.train_loss = MeanMetric(nan_strategy="disable")  # "disable" needs torchmetrics >= 1.6.2
         self.train_metric = train_metric
-        self.train_step_outputs: list[tuple[Tensor, Tensor, Tensor]] = []  # this epoch's, fed to the metrics at its end
+        self.train_step_outputs: list[tuple[Tensor, Tensor, Tensor]] = []  # this epoch's, for its metrics at its end
         self.val_metric = eval_metric()
         self.test_metric = eval_metric()
         self.val_metric_best = best_metric
 
     @classmethod
     def load_from_checkpoint(cls, checkpoint_path: Any, map_location: Any = None, **kwargs: Any) -> "Lesson":
-        """Lightning's ``load_from_checkpoint``, with nothing in the checkpoint able to choose code.
-
-        The file is read once with ``weights_only=True`` (whatever ``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD`` says), and its
-        hyperparameters must be plain values for the lesson's own arguments
-        (:func:`~gpu_lessons.safe_checkpoints.checked_hyperparameters`); anything else is refused with a
-        :class:`~gpu_lessons.errors.CheckpointError`. On the base class, ``Lesson.load_from_checkpoint`` builds the
-        lesson the checkpoint names when that class is already imported (``from gpu_lessons.models import ...``).
-        ``kwargs`` override the checkpoint's hyperparameters and may be anything: they come from your own code.
-        """
+        """Lightning's ``load_from_checkpoint`` with ``weights_only=True`` and only plain hyperparameters, else a
+        :class:`~gpu_lessons.errors.CheckpointError`: nothing in the file chooses code. On ``Lesson``, it builds the
+        (imported) class the checkpoint names; ``kwargs`` override the hyperparameters."""
         weights_only = kwargs.pop("weights_only", None)
         if not isinstance(checkpoint_path, (str, os.PathLike)):
             raise CheckpointError(f"load_from_checkpoint takes a file path, got {type(checkpoint_path).__name__}")
@@ -110,9 +85,7 @@ class Lesson(LightningModule):
     def from_checkpoint(
         cls, checkpoint: dict[str, Any], source: object = "the checkpoint", map_location: Any = None, **kwargs: Any
     ) -> "Lesson":
-        """:meth:`load_from_checkpoint` for a checkpoint already read by
-        :func:`~gpu_lessons.safe_checkpoints.load_checkpoint` (so a caller that needs more of the file reads it once);
-        ``source`` names it in errors."""
+        """:meth:`load_from_checkpoint` for a checkpoint already read; ``source`` names it in errors."""
         if kwargs.get("hparams_file") is not None:
             raise CheckpointError("hparams_file is not supported: pass the hyperparameters as keyword arguments")
         lesson_class, hparams = checked_hyperparameters(checkpoint, cls, source)
@@ -121,18 +94,11 @@ class Lesson(LightningModule):
                 f"{source} does not record its lesson class (it was saved from Python, not by the CLI): "
                 "load it with its lesson, e.g. CNNLesson.load_from_checkpoint(...) (the export: --lesson CNNLesson)"
             )
-        # Lightning builds the lesson from a new file of the weights and the checked hyperparameters only: none of
-        # the file's other entries (the legacy "hparams" and "module_arguments" Lightning would also read as
-        # constructor arguments, "hparams_name", ...) reaches it.
+        # Lightning reads a new file of only these: no other entry (legacy "hparams", ...) reaches the constructor.
+        state = checkpoint["state_dict"]
+        version = str(checkpoint.get("pytorch-lightning_version", lightning.__version__))
         checked = io.BytesIO()
-        torch.save(
-            {
-                "state_dict": checkpoint["state_dict"],
-                "hyper_parameters": hparams,
-                "pytorch-lightning_version": str(checkpoint.get("pytorch-lightning_version", lightning.__version__)),
-            },
-            checked,
-        )
+        torch.save({"state_dict": state, "hyper_parameters": hparams, "pytorch-lightning_version": version}, checked)
         checked.seek(0)
         loader = super(Lesson, lesson_class).load_from_checkpoint
         try:
@@ -146,12 +112,12 @@ class Lesson(LightningModule):
 
     @property
     def metric_names(self) -> tuple[str, ...]:
-        """What this lesson logs, and so what ``checkpoint.monitor`` or ReduceLROnPlateau's ``monitor`` can watch."""
+        """What this lesson logs, so what a checkpoint or ReduceLROnPlateau can monitor."""
         name = self.metric_name
         return ("train/loss", f"train/{name}", "val/loss", f"val/{name}", f"val/{name}_best")
 
     def forward(self, x: Tensor) -> Tensor:
-        """The plain network's output: predictions for regression, logits for classification."""
+        """The plain network's output: values for regression, logits for classification."""
         return self.net(x)
 
     def predictions(self, outputs: Tensor) -> Tensor:
@@ -159,14 +125,14 @@ class Lesson(LightningModule):
         raise NotImplementedError
 
     def model_step(self, batch: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor, Tensor]:
-        """The step shared by train/val/test: the loss, what the metric compares with the targets, and the targets."""
+        """The step shared by train/val/test: the loss, what the metric compares with the targets, the targets."""
         inputs, targets = batch
         outputs = self(inputs)  # 1. forward pass: prediction = model(X)
         loss = self.loss(outputs, targets)  # 2. loss: loss = loss_fn(prediction, y)
         return loss, outputs.detach(), targets
 
     def loss(self, outputs: Tensor, targets: Tensor) -> Tensor:
-        """The course's ``loss_fn(prediction, y)``: the criterion on the network's outputs (a task may shape them)."""
+        """The course's ``loss_fn(prediction, y)``: the criterion on the network's outputs."""
         return self.criterion(outputs, targets)
 
     def on_train_start(self) -> None:
@@ -175,7 +141,7 @@ class Lesson(LightningModule):
         self.val_metric_best.reset()
 
     def on_train_epoch_start(self) -> None:
-        """Start the epoch's outputs afresh (a fit that stopped part-way, e.g. at a NaN, left its own behind)."""
+        """Start the epoch's outputs afresh (a fit stopped part-way may have left some)."""
         self.train_step_outputs.clear()
 
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
@@ -187,16 +153,13 @@ class Lesson(LightningModule):
             loss.backward()                    # 4. backward pass }
             optimizer.step()                   # 5. update        }
 
-        The loss, predictions and targets are kept, on the device, for the epoch's metrics: a per-step ``self.log``
-        or metric update costs 0.1-1 ms of Python, more than a small model's whole step."""
+        The outputs stay on the device for the epoch's metrics: a per-step log costs more than a small model's step."""
         loss, preds, targets = self.model_step(batch)
         self.train_step_outputs.append((loss.detach(), preds, targets))
-        return loss  # Lightning now runs optimizer.zero_grad(), loss.backward(), optimizer.step() on it
+        return loss
 
     def on_train_epoch_end(self) -> None:
-        """Log the epoch's mean training loss and metric: the step outputs go into the metric objects in one update
-        each (the same values as one update per step), and logging the objects lets Lightning compute them (synced
-        across processes) and reset them."""
+        """Log the epoch's mean training loss and metric, each from one update of the epoch's outputs."""
         if self.train_step_outputs:
             losses, preds, targets = zip(*self.train_step_outputs)
             self.train_step_outputs.clear()
@@ -218,8 +181,7 @@ class Lesson(LightningModule):
         self.log(f"val/{self.metric_name}_best", self.val_metric_best.compute(), sync_dist=True, prog_bar=True)
 
     def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
-        """Accumulate the test loss and metric. Returns what the metric compared with the targets (values, classes or
-        class scores), which callbacks get in ``on_test_batch_end``: the pictures' confusion matrix, for one."""
+        """Accumulate the test loss and metric; returns what the metric compared (for callbacks' pictures)."""
         loss, preds, targets = self.model_step(batch)
         self.test_metric.update(preds, targets)
         self.log("test/loss", loss, on_step=False, on_epoch=True, sync_dist=True)
@@ -231,29 +193,24 @@ class Lesson(LightningModule):
         return self.predictions(self(batch_inputs(batch)))
 
     def build_scheduler(self, optimizer: torch.optim.Optimizer, total_steps: Callable[[], int]) -> Any:
-        """The configured LR scheduler on ``optimizer``. A OneCycleLR needs the run's length up front: from a config
-        (jsonargparse gives a functools.partial with every default filled in, pinned by tests/test_cli.py) one that
-        leaves it open gets ``total_steps()``; any other factory is called as it is."""
+        """The configured LR scheduler; a OneCycleLR from a config (a partial) that leaves its length open gets
+        ``total_steps()``."""
         given = getattr(self.scheduler_factory, "keywords", None) or {}
         if "total_steps" in given and given["total_steps"] is None and given.get("epochs") is None:
             return self.scheduler_factory(optimizer, total_steps=total_steps())
         return self.scheduler_factory(optimizer)
 
     def configure_optimizers(self) -> Any:
-        """Build the injected optimizer and, if any, the scheduler with the interval and monitor it needs."""
+        """The injected optimizer and, if any, the scheduler with the interval and monitor it needs."""
         optimizer = self.optimizer_factory(self.parameters())
         if self.scheduler_factory is None:
             return optimizer
-        # the trainer's length for a OneCycleLR that leaves it open; a scheduler that refuses its settings says why
-        # in torch's own words
         try:
             scheduler = self.build_scheduler(optimizer, lambda: int(self.trainer.estimated_stepping_batches))
-        except (ValueError, TypeError) as error:
+        except (ValueError, TypeError) as error:  # torch's own words for settings it refuses
             raise UserError(f"the scheduler cannot be built: {error}") from None
-        config: dict[str, Any] = {
-            "scheduler": scheduler,
-            "interval": "step" if isinstance(scheduler, _PER_STEP_SCHEDULERS) else "epoch",
-        }
+        per_step = isinstance(scheduler, (OneCycleLR, CyclicLR))  # built to move the lr every step
+        config: dict[str, Any] = {"scheduler": scheduler, "interval": "step" if per_step else "epoch"}
         if isinstance(scheduler, ReduceLROnPlateau):
             config["monitor"] = self.monitor
         return {"optimizer": optimizer, "lr_scheduler": config}

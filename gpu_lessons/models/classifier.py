@@ -12,11 +12,7 @@ from gpu_lessons.models.tasks import BinaryTask
 
 
 class BlobClassifierNet(nn.Module):
-    """The course's 2 → 16 → 1 classifier with ReLU (65 parameters).
-
-    It returns a logit; the lesson applies the sigmoid, so training can use the numerically stable
-    BCE-with-logits and prediction still gives the course's probabilities.
-    """
+    """The course's 2 → 16 → 1 classifier with ReLU (65 parameters); returns a logit (the lesson has the sigmoid)."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -28,16 +24,11 @@ class BlobClassifierNet(nn.Module):
         return self.layer2(self.relu(self.layer1(x)))
 
 
-Classifier = BlobClassifierNet  # the course's name for it (its Classifier ends in a sigmoid: here, the lesson's)
+Classifier = BlobClassifierNet  # the course's name (its Classifier ends in a sigmoid: here, the lesson's)
 
 
 class BlobClassifierLesson(BinaryTask):
-    """Binary classification of 2-D points; ``predict`` returns the probability of class 1.
-
-    Args:
-        optimizer: Optimizer factory (the course uses Adam, lr 0.01).
-        scheduler: Optional LR scheduler factory.
-    """
+    """Binary classification of 2-D points; ``predict`` returns the probability of class 1."""
 
     def __init__(
         self,

@@ -8,11 +8,7 @@ from gpu_lessons.models.digits import DigitLesson
 
 
 class CNN(nn.Module):
-    """The course's CNN (52,138 parameters); returns logits.
-
-    [B,1,28,28] → conv 1→8 3×3 pad 1 + ReLU + pool → [B,8,14,14] → conv 8→16 + ReLU + pool → [B,16,7,7]
-    → flatten 784 → fc 64 + ReLU → fc 10.
-    """
+    """The course's CNN (52,138 parameters): two conv+ReLU+pool blocks (28→14→7), then fc 784 → 64 → 10 logits."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -32,9 +28,6 @@ class CNN(nn.Module):
 
 
 class CNNLesson(DigitLesson):
-    """10-class digit classification with the CNN; ``predict`` returns class probabilities.
-
-    Arguments: see :class:`~gpu_lessons.models.digits.DigitLesson`.
-    """
+    """10-class digit classification with the CNN (see :class:`~gpu_lessons.models.digits.DigitLesson`)."""
 
     net_class = CNN

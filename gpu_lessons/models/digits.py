@@ -12,14 +12,10 @@ from gpu_lessons.models.tasks import MulticlassTask
 
 
 class DigitLesson(MulticlassTask):
-    """10-class classification of 28×28 images (MNIST digits, or Fashion-MNIST) with the network ``net_class``
-    builds; ``predict`` returns class probabilities.
-
-    A lesson sets ``net_class`` and nothing else; another 28×28, 10-class network becomes a lesson the same way.
+    """10-class classification of 28×28 images (MNIST or Fashion-MNIST) with a ``net_class()``, which a lesson sets;
+    ``predict`` returns class probabilities.
 
     Args:
-        optimizer: Optimizer factory (the course uses Adam, lr 0.001).
-        scheduler: Optional LR scheduler factory.
         label_smoothing: Cross-entropy label smoothing (the course uses none, ``0``).
     """
 
@@ -31,10 +27,4 @@ class DigitLesson(MulticlassTask):
         scheduler: Optional[LRSchedulerCallable] = None,
         label_smoothing: float = 0.0,
     ) -> None:
-        super().__init__(
-            self.net_class(),
-            num_classes=10,
-            optimizer=optimizer,
-            scheduler=scheduler,
-            label_smoothing=label_smoothing,
-        )
+        super().__init__(self.net_class(), 10, optimizer, scheduler, label_smoothing=label_smoothing)  # 10 classes

@@ -12,10 +12,7 @@ from gpu_lessons.models.tasks import BinaryTask
 
 
 class OverfitNet(nn.Module):
-    """The course's 10 → 128 → 128 → 1 network; ``dropout > 0`` makes it the course's DropoutNet.
-
-    Dropout (after each hidden ReLU) has no parameters, so both variants have 18,049. Returns a logit.
-    """
+    """The course's 10 → 128 → 128 → 1 network (18,049 parameters, dropout or not); returns a logit."""
 
     def __init__(self, dropout: float = 0.0) -> None:
         super().__init__()
@@ -45,8 +42,6 @@ class DropoutLesson(BinaryTask):
 
     Args:
         dropout: Probability of zeroing each hidden activation while training (the course uses 0 and 0.5).
-        optimizer: Optimizer factory.
-        scheduler: Optional LR scheduler factory.
     """
 
     def __init__(

@@ -20,16 +20,10 @@ class MNISTNet(nn.Module):
         self.layer3 = nn.Linear(64, 10)
 
     def forward(self, x: Tensor) -> Tensor:
-        x = self.flatten(x)
-        x = self.relu1(self.layer1(x))
-        x = self.relu2(self.layer2(x))
-        return self.layer3(x)
+        return self.layer3(self.relu2(self.layer2(self.relu1(self.layer1(self.flatten(x))))))
 
 
 class MLPLesson(DigitLesson):
-    """10-class digit classification with the flat MLP; ``predict`` returns class probabilities.
-
-    Arguments: see :class:`~gpu_lessons.models.digits.DigitLesson`.
-    """
+    """10-class digit classification with the flat MLP (see :class:`~gpu_lessons.models.digits.DigitLesson`)."""
 
     net_class = MNISTNet

@@ -8,10 +8,7 @@ from gpu_lessons.models.digits import DigitLesson
 
 
 class MNISTClassifier(nn.Module):
-    """The course's ``MNISTClassifier``: flatten → 784 → 128 → ReLU → 10 (101,770 parameters); returns logits.
-
-    Step 10's :class:`~gpu_lessons.models.mlp.MNISTNet` adds a second hidden layer (128 → 64) to this one.
-    """
+    """The course's ``MNISTClassifier``: flatten → 784 → 128 → ReLU → 10 (101,770 parameters); returns logits."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -25,9 +22,6 @@ class MNISTClassifier(nn.Module):
 
 
 class MNISTClassifierLesson(DigitLesson):
-    """10-class digit classification with the one-hidden-layer network; ``predict`` returns class probabilities.
-
-    Arguments: see :class:`~gpu_lessons.models.digits.DigitLesson`.
-    """
+    """10-class digit classification with the one-hidden-layer network (a :class:`~.digits.DigitLesson`)."""
 
     net_class = MNISTClassifier

@@ -16,10 +16,7 @@ _ACTIVATIONS = {"none": nn.Identity, "relu": nn.ReLU, "tanh": nn.Tanh, "sigmoid"
 
 
 class SimpleNet(nn.Module):
-    """The course's 1 → 8 → 1 network. ``activation`` sits between the layers and adds no parameters (25 either way).
-
-    ``none`` is step 7's straight-line network; ``relu`` is step 11's.
-    """
+    """The course's 1 → 8 → 1 network (25 parameters); ``none`` is step 7's straight line, ``relu`` step 11's."""
 
     def __init__(self, activation: Activation = "relu") -> None:
         super().__init__()
@@ -48,12 +45,10 @@ class NonLinearNet(SimpleNet):
 
 
 class RegressionLesson(RegressionTask):
-    """Regression with MSE on one input: the line y = 2x + 1 (steps 7, 11) or a curve (step 8).
+    """Regression on one input: the line y = 2x + 1 (steps 7, 11) or a curve (step 8).
 
     Args:
-        activation: The non-linearity between the two layers: ``none``, ``relu``, ``tanh`` or ``sigmoid``.
-        optimizer: Optimizer factory (the course uses Adam, lr 0.01).
-        scheduler: Optional LR scheduler factory.
+        activation: The non-linearity between the two layers.
     """
 
     def __init__(

@@ -28,8 +28,6 @@ class SchedulerLesson(BinaryTask):
     """Binary classification whose interest is the learning rate: pick the scheduler in the config.
 
     Args:
-        optimizer: Optimizer factory (the course uses Adam, lr 0.1).
-        scheduler: LR scheduler factory, e.g. StepLR(step_size=2, gamma=0.5) or ReduceLROnPlateau(patience=2).
         monitor: Metric ReduceLROnPlateau watches; the course steps it on the training loss.
     """
 
@@ -47,7 +45,6 @@ class SchedulerLesson(BinaryTask):
         self._epoch_lr = self.trainer.optimizers[0].param_groups[0]["lr"]
 
     def on_train_epoch_end(self) -> None:
-        """Log that learning rate, as the course prints it every epoch: it shows in each epoch's line, TensorBoard
-        and the learning curves."""
+        """Log that learning rate, as the course prints it every epoch."""
         super().on_train_epoch_end()
         self.log("train/lr", self._epoch_lr, prog_bar=True)

@@ -1,5 +1,4 @@
-"""What makes a lesson regression, binary or multiclass classification: its criterion, its metric and how its
-network's outputs become predictions, written out once per task. Each lesson subclasses one of these."""
+"""Regression, binary and multiclass tasks: each one's criterion, metric and predictions; a lesson subclasses one."""
 
 from __future__ import annotations
 
@@ -16,12 +15,7 @@ from gpu_lessons.models.base import Lesson
 
 
 class RegressionTask(Lesson):
-    """Predict numbers: MSE loss, mean squared error as the metric (lower is better); predictions are the outputs.
-
-    Args:
-        net: The network; it returns the predicted values.
-        optimizer, scheduler, monitor: As for :class:`~gpu_lessons.models.Lesson`.
-    """
+    """Predict values: MSE loss and metric (lower is better); ``net`` returns the values."""
 
     metric_name = "mse"
 
@@ -32,7 +26,6 @@ class RegressionTask(Lesson):
         scheduler: Optional[LRSchedulerCallable] = None,
         monitor: str = "val/loss",
     ) -> None:
-        # MeanSquaredError only checks shapes: nothing to switch off for the training metric.
         super().__init__(net, nn.MSELoss(), MeanSquaredError(), MeanSquaredError, MinMetric(), optimizer, scheduler, monitor)
 
     def predictions(self, outputs: Tensor) -> Tensor:
@@ -41,12 +34,7 @@ class RegressionTask(Lesson):
 
 
 class BinaryTask(Lesson):
-    """Two classes: BCE-with-logits loss, accuracy; predictions are P(class 1) per sample.
-
-    Args:
-        net: The network; it returns one logit per sample (``[N, 1]``).
-        optimizer, scheduler, monitor: As for :class:`~gpu_lessons.models.Lesson`.
-    """
+    """Two classes: BCE-with-logits loss, accuracy; ``net`` returns one logit per sample (``[N, 1]``)."""
 
     metric_name = "acc"
 
@@ -63,12 +51,10 @@ class BinaryTask(Lesson):
         )
 
     def model_step(self, batch: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor, Tensor]:
-        """The loss on the logits, and the predicted classes for the accuracy: given floats, torchmetrics would
-        first check (on the host, a GPU sync) whether they are logits or probabilities."""
-        inputs, targets = batch
-        outputs = self(inputs)  # 1. forward pass
-        loss = self.loss(outputs, targets)  # 2. loss (the sigmoid is inside the criterion)
-        return loss, (outputs.squeeze(-1) > 0).detach(), targets
+        """The loss on the logits, and predicted classes for the accuracy (floats would cost torchmetrics a GPU sync
+        to tell logits from probabilities)."""
+        loss, outputs, targets = super().model_step(batch)
+        return loss, outputs.squeeze(-1) > 0, targets
 
     def loss(self, outputs: Tensor, targets: Tensor) -> Tensor:
         """BCE with logits on one logit per sample, the 0/1 targets in the logits' dtype."""
@@ -81,15 +67,10 @@ class BinaryTask(Lesson):
 
 
 class MulticlassTask(Lesson):
-    """``num_classes`` classes: cross-entropy loss, accuracy; predictions are the class probabilities.
+    """``num_classes`` classes: cross-entropy loss, accuracy; ``net`` returns one logit per class.
 
     Args:
-        net: The network; it returns one logit per class (``[N, num_classes]``).
-        num_classes: How many classes (at least 2).
-        optimizer, scheduler, monitor: As for :class:`~gpu_lessons.models.Lesson`.
-        label_smoothing: The cross-entropy's target is ``1 - label_smoothing`` on the true class and the rest spread
-            evenly (``nn.CrossEntropyLoss(label_smoothing=...)``); it keeps a short, high-learning-rate run from
-            becoming over-confident. ``0`` is plain cross-entropy.
+        label_smoothing: ``nn.CrossEntropyLoss``'s; it keeps a short high-lr run from over-confidence (0: plain).
     """
 
     metric_name = "acc"
@@ -107,7 +88,7 @@ class MulticlassTask(Lesson):
             raise ValueError(f"num_classes must be an integer >= 2, got {num_classes!r}")
         if not 0.0 <= label_smoothing < 1.0:
             raise ValueError(f"label_smoothing must be in [0, 1), got {label_smoothing!r}")
-        # "micro": the fraction of samples classified right (torchmetrics' Accuracy default), not a mean per class
+        # "micro": the fraction of samples classified right, not a mean per class
         accuracy = functools.partial(MulticlassAccuracy, num_classes=num_classes, average="micro")
         super().__init__(
             net, nn.CrossEntropyLoss(label_smoothing=label_smoothing), accuracy(validate_args=False), accuracy,
