@@ -15,12 +15,8 @@ from torch import Tensor
 from gpu_lessons.errors import CheckpointError, NonFiniteLossError
 from gpu_lessons.checkpoint_states import checked_random_states
 
-# Set by ``import lightning``: torch's CUDA check then asks NVML instead of the CUDA runtime.
-NVML_CHECK_VARIABLE = "PYTORCH_NVML_BASED_CUDA_CHECK"
-
-# On an accelerator, reading the loss back every step would stall the pipeline once per step.
-ACCELERATOR_CHECK_INTERVAL = 32
-
+NVML_CHECK_VARIABLE = "PYTORCH_NVML_BASED_CUDA_CHECK"  # set by ``import lightning``: torch's CUDA check asks NVML
+ACCELERATOR_CHECK_INTERVAL = 32  # reading the loss back every step would stall an accelerator's pipeline
 _ADVICE = "Lower the learning rate or check the data for NaN/inf values."
 
 

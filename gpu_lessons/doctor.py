@@ -37,14 +37,11 @@ def gpu_report() -> list[str]:
             lines.append(f"CUDA_VISIBLE_DEVICES is set to {visible!r} in this shell")
         lines.append("the lessons still run, on the CPU (the CLI falls back by itself)")
         return lines
-    lines = [f"{torch.cuda.device_count()} GPU(s)"]
-    for index in range(torch.cuda.device_count()):
-        props = torch.cuda.get_device_properties(index)
-        lines.append(
-            f"cuda:{index} {props.name}, {props.total_memory / 2**30:.1f} GiB, "
-            f"compute capability {props.major}.{props.minor}"
-        )
-    return lines
+    gpus = [torch.cuda.get_device_properties(index) for index in range(torch.cuda.device_count())]
+    return [f"{len(gpus)} GPU(s)"] + [
+        f"cuda:{index} {gpu.name}, {gpu.total_memory / 2**30:.1f} GiB, compute capability {gpu.major}.{gpu.minor}"
+        for index, gpu in enumerate(gpus)
+    ]
 
 
 def time_matmul(device: Union[str, torch.device], size: int, repeats: int) -> float:
@@ -101,8 +98,7 @@ def autograd_report() -> tuple[list[str], bool]:
     return lines, passed
 
 
-# Three float32 matrices of 16384² are 3 GiB, on the CPU and the GPU alike; 200000² would be 480 GB.
-MAX_SIZE = 16384
+MAX_SIZE = 16384  # three float32 matrices of 16384² are 3 GiB, on the CPU and the GPU alike
 
 
 def _matrix_size(text: str) -> int:

@@ -56,7 +56,7 @@ class LessonPictures(Callback):
         self.history: list[dict[str, float]] = []
         self._val_metrics: dict[str, float] = {}
         self._finished_epoch: Optional[int] = None
-        self._log_dir: Optional[str] = None
+        self.folder: Optional[Path] = None  # where the PNG files go: ``<log_dir>/pictures``, once set up with a logger
         self._batches: dict[str, list[tuple[Tensor, ...]]] = {"train": [], "val": [], "test": []}
         self._kept = 0
         self._collecting = False  # during the fit's first epoch only
@@ -64,15 +64,11 @@ class LessonPictures(Callback):
 
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         # ``trainer.log_dir`` is a collective call under DDP, so every rank asks here rather than rank zero later.
-        self._log_dir = trainer.log_dir if trainer.loggers else None
-
-    @property
-    def folder(self) -> Optional[Path]:
-        """Where the PNG files go: ``<log_dir>/pictures`` (``None`` without a logger)."""
-        return None if self._log_dir is None else Path(self._log_dir) / "pictures"
+        log_dir = trainer.log_dir if trainer.loggers else None
+        self.folder = None if log_dir is None else Path(log_dir) / "pictures"
 
     def _keeps(self, trainer: Trainer) -> bool:
-        return self.enabled and self._log_dir is not None and trainer.is_global_zero
+        return self.enabled and self.folder is not None and trainer.is_global_zero
 
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._batches["train"], self._kept, self._collecting = [], 0, self._keeps(trainer)
@@ -178,15 +174,15 @@ class LessonPictures(Callback):
         self.written = []
         if not self._keeps(trainer):
             return
-        folder, training = self.folder, pl_module.training
+        training = pl_module.training
         pl_module.eval()
         try:
             with torch.no_grad():
                 for name, figure in pictures:  # drawn here, in eval mode
                     rgb = render(figure)  # once for both outputs: rendering is the slow part
-                    folder.mkdir(parents=True, exist_ok=True)
-                    write_atomically(folder / f"{name}.png", lambda file: PIL.Image.fromarray(rgb).save(file, "PNG"))
-                    self.written.append(folder / f"{name}.png")
+                    png = self.folder / f"{name}.png"
+                    write_atomically(png, lambda file: PIL.Image.fromarray(rgb).save(file, "PNG"))
+                    self.written.append(png)
                     for logger in trainer.loggers:
                         if isinstance(logger, TensorBoardLogger):
                             logger.experiment.add_image(f"pictures/{name}", rgb, trainer.global_step, dataformats="HWC")
