@@ -158,13 +158,10 @@ class CudaRuntimeCheckOnCpu(Callback):
 
     def teardown(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         """Put back what was there."""
-        self._restore()
-
-    def on_exception(self, trainer: Trainer, pl_module: LightningModule, exception: BaseException) -> None:
-        """Put it back after a failed stage too (Lightning calls no ``teardown`` then)."""
-        self._restore()
-
-    def _restore(self) -> None:
         if self._cleared is not None:
             os.environ[NVML_CHECK_VARIABLE] = self._cleared
             self._cleared = None
+
+    def on_exception(self, trainer: Trainer, pl_module: LightningModule, exception: BaseException) -> None:
+        """Put it back after a failed stage too (Lightning calls no ``teardown`` then)."""
+        self.teardown(trainer, pl_module, trainer.state.stage)
