@@ -110,9 +110,7 @@ def _matrix_size(text: str) -> int:
 
 
 def _print_section(title: str, lines: list[str]) -> None:
-    print(title)
-    for line in lines:
-        print(f"  {line}")
+    print(title, *(f"  {line}" for line in lines), sep="\n")
 
 
 def main(argv: Optional[list[str]] = None, prog: str = "gpu-lessons doctor") -> int:
