@@ -1,13 +1,5 @@
-"""Callbacks behind two of the README's guarantees, and one for speed on the CPU, each on Lightning's public hooks.
-
-* :class:`FiniteLossGuard`: a NaN or infinite loss stops training at its step, before it reaches the weights or a
-  checkpoint.
-* :class:`RandomStates`: a checkpoint carries the random-number states, so a resumed run draws the same dropout
-  masks as an uninterrupted one.
-* :class:`CudaRuntimeCheckOnCpu`: a CPU run's optimizer steps stop asking NVML whether there is a GPU.
-
-The CLI adds all three as defaults (``--print_config`` shows them); in your own code, pass them to the ``Trainer``.
-"""
+"""The callbacks the CLI adds by default: :class:`FiniteLossGuard` and :class:`RandomStates` (two of the README's
+guarantees) and :class:`CudaRuntimeCheckOnCpu` (speed on the CPU). In your own code, pass them to the ``Trainer``."""
 
 from __future__ import annotations
 
@@ -23,23 +15,16 @@ from torch import Tensor
 from gpu_lessons.errors import CheckpointError, NonFiniteLossError
 from gpu_lessons.checkpoint_states import checked_random_states
 
-# Set by ``import lightning``: torch's CUDA check then asks NVML instead of the CUDA runtime.
-NVML_CHECK_VARIABLE = "PYTORCH_NVML_BASED_CUDA_CHECK"
-
-# On an accelerator, reading the loss back every step would stall the pipeline once per step.
-ACCELERATOR_CHECK_INTERVAL = 32
-
+NVML_CHECK_VARIABLE = "PYTORCH_NVML_BASED_CUDA_CHECK"  # set by ``import lightning``: torch's CUDA check asks NVML
+ACCELERATOR_CHECK_INTERVAL = 32  # reading the loss back every step would stall an accelerator's pipeline
 _ADVICE = "Lower the learning rate or check the data for NaN/inf values."
 
 
 class FiniteLossGuard(Callback):
     """Stop training at the first NaN or infinite training loss, naming its step, and never save such weights.
 
-    Each step's loss is kept, still on the device, and the kept losses are read back together every
-    ``check_every_n_steps`` steps, at every epoch's end and before every checkpoint: one read for the lot. So with an
-    interval above 1 a bad step is still named exactly, with its value and batch, and never saved; training just runs
-    a few more steps on NaNs before it stops. Under DDP all processes stop together (the others would otherwise wait
-    forever in the next gradient all-reduce).
+    The losses stay on the device and are read together every ``check_every_n_steps`` steps, at each epoch's end and
+    before each checkpoint, so a bad step is still named exactly. Under DDP all processes stop together.
 
     Args:
         check_every_n_steps: How often the kept losses are read. ``None``: every step on the CPU, where reading a
@@ -67,8 +52,7 @@ class FiniteLossGuard(Callback):
         self._batch_idx = batch_idx
 
     def on_before_backward(self, trainer: Trainer, pl_module: LightningModule, loss: Tensor) -> None:
-        """Keep the loss (a reference: nothing is computed or read here); read the kept ones every ``interval``
-        steps."""
+        """Keep the loss (a reference, nothing read here); read the kept ones every ``interval`` steps."""
         step = trainer.global_step + 1  # 1-based: the optimizer step this loss is for
         self._unread.append((step, self._batch_idx, loss.detach()))
         if step % self._interval == 0:
@@ -94,13 +78,12 @@ class FiniteLossGuard(Callback):
                 )
 
     def _raise_if_seen(self, trainer: Trainer) -> None:
-        """Read the kept losses (one copy to the host) and raise at the first that is not finite, here or on any
-        process."""
+        """Read the kept losses (one copy to the host); raise at the first not finite, here or on any process."""
         unread, self._unread = self._unread, []
         values = torch.stack([loss for _, _, loss in unread]).tolist() if unread else []
-        bad = next(((step, batch, value) for (step, batch, _), value in zip(unread, values) if not math.isfinite(value)), None)
+        bad = next(((step, batch, v) for (step, batch, _), v in zip(unread, values) if not math.isfinite(v)), None)
         seen = bad is not None
-        if trainer.world_size > 1:  # any process: all must stop together
+        if trainer.world_size > 1:  # the others would wait forever in the next all-reduce
             seen = trainer.strategy.reduce_boolean_decision(seen, all=False)
         if not seen:
             return
@@ -117,14 +100,8 @@ class FiniteLossGuard(Callback):
 
 
 class RandomStates(Callback):
-    """Keeps the random-number states in every checkpoint and restores them when a fit resumes from one, so the
-    resumed run draws the same dropout masks (and any other random numbers) as an uninterrupted run would.
-
-    Saved: torch's CPU generator, this process's CUDA generator (under DDP only rank zero's is written) and Python's
-    ``random``. Restored only by ``fit``: testing or predicting from a checkpoint leaves the global generators alone.
-    Checkpoints written before this callback existed kept the same states under ``checkpoint["rng_states"]``; those
-    are restored too.
-    """
+    """Keeps torch's, CUDA's and Python's random-number states in every checkpoint and restores them when a fit
+    resumes, so the resumed run draws the same dropout masks as an uninterrupted one."""
 
     def __init__(self) -> None:
         self._restored: Optional[dict[str, Any]] = None  # states to continue from, once training starts
@@ -141,19 +118,16 @@ class RandomStates(Callback):
         self._restored = None
 
     def on_load_checkpoint(self, trainer: Trainer, pl_module: LightningModule, checkpoint: dict[str, Any]) -> None:
-        """A checkpoint from before this callback has no state under its key, but the same states under
-        ``checkpoint["rng_states"]``."""
+        """Read an older checkpoint's states, kept under ``checkpoint["rng_states"]``."""
         if self.state_key not in checkpoint.get("callbacks", {}) and checkpoint.get("rng_states") is not None:
             self.load_state_dict(checkpoint["rng_states"])
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """Check the states now (a damaged one is one error line before anything runs); apply them when training
-        starts."""
+        """Check the states now (a damaged one fails before anything runs); apply them when training starts."""
         self._restored = checked_random_states(state_dict, "the checkpoint's RandomStates")
 
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        """Continue the random streams where the checkpoint left them, just before the first training batch (only a
-        fit trains: testing or predicting from a checkpoint leaves the global generators alone)."""
+        """Continue the random streams where the checkpoint left them (only a fit: test and predict don't)."""
         if self._restored is None:
             return
         states, self._restored = self._restored, None
@@ -169,18 +143,13 @@ class RandomStates(Callback):
 class CudaRuntimeCheckOnCpu(Callback):
     """On a CPU run, ``torch.cuda.is_available()`` asks the CUDA runtime once instead of NVML on every call.
 
-    ``import lightning`` sets ``PYTORCH_NVML_BASED_CUDA_CHECK=1`` so that looking for a GPU never initialises CUDA in
-    a process that may fork later. Until CUDA is initialised, which a CPU run never does, torch then answers each call
-    from NVML anew, and Adam calls it on every step (its CUDA-graph capture check): loading ``libnvidia-ml`` each time,
-    or failing to where no NVIDIA driver is installed, 0.1-0.2 ms a step, as long as a small lesson's whole step.
-
-    ``setup`` runs once the run's processes exist, and on a CPU run none of them uses CUDA, so there the variable is
-    cleared for the stage (torch's runtime check counts the devices once and caches the count); ``teardown`` puts it
-    back. A run on a GPU initialises CUDA, after which torch caches the count itself: nothing is changed there.
+    With the variable ``import lightning`` sets, torch asks NVML anew on each call until CUDA is initialised, which a
+    CPU run never does, and Adam asks every step: 0.1-0.2 ms, a small lesson's whole step. The variable is cleared for
+    a CPU stage (the processes exist by ``setup``, none uses CUDA) and put back afterwards.
     """
 
     def __init__(self) -> None:
-        self._cleared: Optional[str] = None  # the value taken out of the environment, to put back
+        self._cleared: Optional[str] = None  # the value to put back
 
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         """Clear the variable for a CPU stage."""
@@ -189,13 +158,10 @@ class CudaRuntimeCheckOnCpu(Callback):
 
     def teardown(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         """Put back what was there."""
-        self._restore()
-
-    def on_exception(self, trainer: Trainer, pl_module: LightningModule, exception: BaseException) -> None:
-        """Put it back after a failed stage too (Lightning calls no ``teardown`` then)."""
-        self._restore()
-
-    def _restore(self) -> None:
         if self._cleared is not None:
             os.environ[NVML_CHECK_VARIABLE] = self._cleared
             self._cleared = None
+
+    def on_exception(self, trainer: Trainer, pl_module: LightningModule, exception: BaseException) -> None:
+        """Put it back after a failed stage too (Lightning calls no ``teardown`` then)."""
+        self.teardown(trainer, pl_module, trainer.state.stage)

@@ -1,11 +1,5 @@
-"""``gpu-lessons doctor``: is this machine ready for the course, and how fast is its GPU?
-
-The course's first checks in one report (learning-gpu-programming steps 1-4, pytorch-fundamentals concepts 1-2):
-the torch build and its CUDA and cuDNN versions, the GPUs torch can see (or why it sees none, and how to fix that),
-the CPU-vs-GPU matrix multiply race timed the right way, and autograd's d/dx (x³ + 5) at x = 4.
-
-Exit code 0 when every check that could run passed (a machine without a GPU is not a failure), 1 otherwise.
-"""
+"""``gpu-lessons doctor``: the course's first checks in one report (the torch build, the GPUs or why there are
+none, the CPU-vs-GPU matrix multiply race, autograd's d/dx (x³ + 5) at x = 4). A machine without a GPU passes."""
 
 from __future__ import annotations
 
@@ -43,27 +37,19 @@ def gpu_report() -> list[str]:
             lines.append(f"CUDA_VISIBLE_DEVICES is set to {visible!r} in this shell")
         lines.append("the lessons still run, on the CPU (the CLI falls back by itself)")
         return lines
-    lines = [f"{torch.cuda.device_count()} GPU(s)"]
-    for index in range(torch.cuda.device_count()):
-        props = torch.cuda.get_device_properties(index)
-        lines.append(
-            f"cuda:{index} {props.name}, {props.total_memory / 2**30:.1f} GiB, "
-            f"compute capability {props.major}.{props.minor}"
-        )
-    return lines
+    gpus = [torch.cuda.get_device_properties(index) for index in range(torch.cuda.device_count())]
+    return [f"{len(gpus)} GPU(s)"] + [
+        f"cuda:{index} {gpu.name}, {gpu.total_memory / 2**30:.1f} GiB, compute capability {gpu.major}.{gpu.minor}"
+        for index, gpu in enumerate(gpus)
+    ]
 
 
 def time_matmul(device: Union[str, torch.device], size: int, repeats: int) -> float:
     """Median seconds of one ``size``×``size`` float32 matrix multiply on ``device``, after one untimed warm-up."""
     device = torch.device(device)
-
-    def sync() -> None:
-        # CUDA kernels run asynchronously: without waiting, the clock would stop before the GPU has finished.
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-
-    a = torch.rand(size, size, device=device)
-    b = torch.rand(size, size, device=device)
+    # CUDA kernels run asynchronously: without waiting, the clock would stop before the GPU has finished.
+    sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
+    a, b = torch.rand(2, size, size, device=device)
     a @ b  # the first call pays for the CUDA context, cuBLAS handles and kernel selection
     sync()
     seconds = []
@@ -103,20 +89,16 @@ def autograd_derivative(device: Union[str, torch.device] = "cpu") -> float:
 
 def autograd_report() -> tuple[list[str], bool]:
     """Autograd's derivative on the CPU (and the GPU, where usable) against calculus' 3x² = 48; lines and pass."""
-    expected = 3 * 4.0**2
-    devices = ["cpu", "cuda"] if torch.cuda.is_available() else ["cpu"]
-    lines, passed = [], True
-    for device in devices:
+    expected, lines, passed = 3 * 4.0**2, [], True
+    for device in ["cpu", "cuda"] if torch.cuda.is_available() else ["cpu"]:
         got = autograd_derivative(device)
-        ok = got == expected
-        passed &= ok
-        verdict = "ok" if ok else "FAILED"
+        passed &= got == expected
+        verdict = "ok" if got == expected else "FAILED"
         lines.append(f"{device}: d/dx (x³ + 5) at x = 4 is {got:g}, calculus says {expected:g}: {verdict}")
     return lines, passed
 
 
-# Three float32 matrices of 16384² are 3 GiB, on the CPU and the GPU alike; 200000² would be 480 GB.
-MAX_SIZE = 16384
+MAX_SIZE = 16384  # three float32 matrices of 16384² are 3 GiB, on the CPU and the GPU alike
 
 
 def _matrix_size(text: str) -> int:
@@ -128,32 +110,27 @@ def _matrix_size(text: str) -> int:
 
 
 def _print_section(title: str, lines: list[str]) -> None:
-    print(title)
-    for line in lines:
-        print(f"  {line}")
+    print(title, *(f"  {line}" for line in lines), sep="\n")
 
 
-def _parser(prog: str) -> argparse.ArgumentParser:
+def main(argv: Optional[list[str]] = None, prog: str = "gpu-lessons doctor") -> int:
+    """Print the report; exit code 0 if every check that could run passed, else 1 (:mod:`gpu_lessons.errors`)."""
     parser = CommandParser(prog=prog, description="Is this machine ready for the course, and how fast is its GPU?")
     parser.add_argument(
         "--size", type=_matrix_size, default=4096, help=f"N of the N×N matrices (default 4096, at most {MAX_SIZE})"
     )
     parser.add_argument("--repeats", type=positive_int, default=5, help="timed runs, median reported (default 5)")
-    return parser
 
+    def doctor() -> int:
+        args = parser.parse_args(argv)
+        _print_section("Environment", environment_report())
+        _print_section("GPU", gpu_report())
+        _print_section("Matrix multiply", matmul_report(args.size, args.repeats))
+        autograd_lines, passed = autograd_report()
+        _print_section("Autograd", autograd_lines)
+        return 0 if passed else EXIT_FAILED
 
-def _doctor(args: argparse.Namespace) -> int:
-    _print_section("Environment", environment_report())
-    _print_section("GPU", gpu_report())
-    _print_section("Matrix multiply", matmul_report(args.size, args.repeats))
-    autograd_lines, passed = autograd_report()
-    _print_section("Autograd", autograd_lines)
-    return 0 if passed else EXIT_FAILED
-
-
-def main(argv: Optional[list[str]] = None, prog: str = "gpu-lessons doctor") -> int:
-    """Print the report; exit code 0 if every check that could run passed, else 1 (:mod:`gpu_lessons.errors`)."""
-    return run_command(lambda: _doctor(_parser(prog).parse_args(argv)))
+    return run_command(doctor)
 
 
 if __name__ == "__main__":

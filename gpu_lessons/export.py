@@ -1,10 +1,5 @@
-"""Plain weights (course step 11): a lesson checkpoint's network as a bare ``state_dict`` file.
-
-``gpu-lessons export --ckpt_path checkpoints/cnn/version_0/last.ckpt --output cnn.pth`` writes what the course's
-``torch.save(model.state_dict(), "cnn.pth")`` writes, so the network loads with torch alone:
-``net.load_state_dict(torch.load("cnn.pth", weights_only=True))``, into this package's class or the course's own
-(the parameter names are the course's).
-"""
+"""Plain weights (course step 11): ``gpu-lessons export`` writes a lesson checkpoint's network as the bare
+``state_dict`` file the course's ``torch.save(model.state_dict(), "cnn.pth")`` writes, loadable with torch alone."""
 
 from __future__ import annotations
 
@@ -23,35 +18,21 @@ from gpu_lessons.safe_checkpoints import load_checkpoint
 from gpu_lessons.data.mnist import DATASETS
 from gpu_lessons.errors import CommandParser, OutputExistsError, UserError, run_command
 from gpu_lessons.run_folders import checkpoint_alias
-from gpu_lessons.models import (
-    BinaryTask,
-    BlobClassifierLesson,
-    CNNLesson,
-    DropoutLesson,
-    Lesson,
-    MLPLesson,
-    MNISTClassifierLesson,
-    MulticlassTask,
-    RegressionLesson,
-    SchedulerLesson,
-)
+from gpu_lessons.models import BinaryTask, Lesson, MulticlassTask
 
 # ``--lesson NAME``: the lesson of a checkpoint saved from Python, which records none
 LESSONS: dict[str, type[Lesson]] = {
     lesson.__name__: lesson
     for lesson in (
-        RegressionLesson, BlobClassifierLesson, MLPLesson, CNNLesson, DropoutLesson, SchedulerLesson,
-        MNISTClassifierLesson,
+        models.RegressionLesson, models.BlobClassifierLesson, models.MLPLesson, models.CNNLesson,
+        models.DropoutLesson, models.SchedulerLesson, models.MNISTClassifierLesson,
     )
 }
 
 
 def save_plain_weights(net: nn.Module, output_path: PathLike, *, overwrite: bool = False) -> Path:
-    """Write ``net.state_dict()`` to ``output_path`` atomically: ``torch.save``, or safetensors for ``.safetensors``.
-
-    An existing file is only replaced with ``overwrite=True`` (else an
-    :class:`~gpu_lessons.errors.OutputExistsError`); a reader never sees a half-written one.
-    """
+    """Write ``net.state_dict()`` to ``output_path`` atomically: ``torch.save``, or safetensors for ``.safetensors``;
+    an existing file is only replaced with ``overwrite=True``."""
     output = Path(output_path) if overwrite else refuse_existing(output_path)
     state_dict = net.state_dict()
     if output.suffix == ".safetensors":
@@ -74,11 +55,8 @@ def export_plain_weights(
     *,
     overwrite: bool = False,
 ) -> Path:
-    """Write the plain ``nn.Module``'s ``state_dict`` (``lesson.net``) of a lesson checkpoint to ``output_path``.
-
-    Checkpoints written by ``gpu-lessons fit`` record their lesson; for one saved from Python
-    (``trainer.save_checkpoint``), pass ``lesson_class``.
-    """
+    """Write a lesson checkpoint's plain network (``lesson.net``) weights to ``output_path``; ``lesson_class`` is
+    needed only for a checkpoint saved from Python (``gpu-lessons fit`` records the lesson)."""
     lesson = (lesson_class or Lesson).load_from_checkpoint(checkpoint_path, map_location="cpu")
     return save_plain_weights(lesson.net, output_path, overwrite=overwrite)
 
@@ -108,34 +86,22 @@ def loading_hint(lesson: Lesson, output_path: PathLike, dataset: Optional[str] =
     ]
     if dataset is not None:  # the networks saw normalised pixels in training, and need them now
         _, mean, std = DATASETS[dataset]
-        lines += [
+        lines.append(
             f"from gpu_lessons.data import preprocess; x = preprocess(images_uint8, {dataset!r})"
-            f"  # = (pixels / 255 - {mean}) / {std}, shape [N, 1, 28, 28]",
-        ]
+            f"  # = (pixels / 255 - {mean}) / {std}, shape [N, 1, 28, 28]"
+        )
     return "\n".join([*lines, f"# net(x) returns {returns}"])
 
 
-def _trained_on(checkpoint: dict) -> Optional[str]:
-    """The image dataset (``mnist``, ``fashion_mnist``) the checkpoint's DataModule served, if it was one of them."""
-    data = checkpoint.get("datamodule_hyper_parameters") or {}
-    dataset = data.get("dataset") if isinstance(data, dict) else None
-    return dataset if dataset in DATASETS else None
-
-
-def _parser(prog: str) -> argparse.ArgumentParser:
-    description = "Write a lesson checkpoint's network as plain weights (its bare state_dict), for torch alone."
-    parser = CommandParser(prog=prog, description=description)
-    parser.add_argument(
-        "--ckpt_path", required=True,
-        help="the checkpoint, e.g. checkpoints/cnn/version_0/last.ckpt, or last/best of the newest run of --run_name",
-    )
-    parser.add_argument("--run_name", help="with --ckpt_path last or best: the run (e.g. cnn); default: the only one")
-    parser.add_argument("--output", required=True, help="the weights file to write: NAME.pth, or NAME.safetensors")
-    parser.add_argument("--overwrite", action="store_true", help="replace --output if it exists (else it is kept)")
-    parser.add_argument(
-        "--lesson", choices=LESSONS, help="the lesson class, for a checkpoint saved from Python (which records none)"
-    )
-    return parser
+def _run(name: Optional[str]) -> str:
+    """The run whose ``last``/``best`` is meant: ``name``, or the one run in ``checkpoints/``."""
+    if name is not None:
+        return name
+    runs = sorted(p.name for p in Path("checkpoints").iterdir() if p.is_dir()) if Path("checkpoints").is_dir() else []
+    if len(runs) != 1:
+        found = f"the runs in checkpoints/ are {', '.join(runs)}" if runs else "checkpoints/ holds no run"
+        raise UserError(f"--ckpt_path last/best: say which run with --run_name ({found})")
+    return runs[0]
 
 
 def _export(args: argparse.Namespace) -> int:
@@ -151,24 +117,27 @@ def _export(args: argparse.Namespace) -> int:
     net_name = type(lesson.net).__name__
     print(f"wrote {output}: the state_dict of {net_name} ({parameters:,} parameters) from {args.ckpt_path}")
     print("to load it into the plain network:")
-    print(loading_hint(lesson, output, _trained_on(checkpoint)))
+    data = checkpoint.get("datamodule_hyper_parameters") or {}
+    dataset = data.get("dataset") if isinstance(data, dict) else None
+    print(loading_hint(lesson, output, dataset if dataset in DATASETS else None))
     return 0
-
-
-def _run(name: Optional[str]) -> str:
-    """The run whose ``last``/``best`` is meant: ``name``, or the one run in ``checkpoints/``."""
-    if name is None:
-        runs = sorted(p.name for p in Path("checkpoints").iterdir() if p.is_dir()) if Path("checkpoints").is_dir() else []
-        if len(runs) != 1:
-            found = f"the runs in checkpoints/ are {', '.join(runs)}" if runs else "checkpoints/ holds no run"
-            raise UserError(f"--ckpt_path last/best: say which run with --run_name ({found})")
-        name = runs[0]
-    return name
 
 
 def main(argv: Optional[list[str]] = None, prog: str = "gpu-lessons export") -> int:
     """``gpu-lessons export``: a checkpoint's plain weights; its exit code (:mod:`gpu_lessons.errors`)."""
-    return run_command(lambda: _export(_parser(prog).parse_args(argv)))
+    description = "Write a lesson checkpoint's network as plain weights (its bare state_dict), for torch alone."
+    parser = CommandParser(prog=prog, description=description)
+    parser.add_argument(
+        "--ckpt_path", required=True,
+        help="the checkpoint, e.g. checkpoints/cnn/version_0/last.ckpt, or last/best of the newest run of --run_name",
+    )
+    parser.add_argument("--run_name", help="with --ckpt_path last or best: the run (e.g. cnn); default: the only one")
+    parser.add_argument("--output", required=True, help="the weights file to write: NAME.pth, or NAME.safetensors")
+    parser.add_argument("--overwrite", action="store_true", help="replace --output if it exists (else it is kept)")
+    parser.add_argument(
+        "--lesson", choices=LESSONS, help="the lesson class, for a checkpoint saved from Python (which records none)"
+    )
+    return run_command(lambda: _export(parser.parse_args(argv)))
 
 
 if __name__ == "__main__":

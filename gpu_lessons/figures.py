@@ -1,9 +1,6 @@
-"""Figures of what a lesson learned: each builder takes tensors (and, where a model is drawn, a ``predict``
-callable) and returns a matplotlib :class:`~matplotlib.figure.Figure`, so they work on their own too.
+"""Figures of what a lesson learned, from tensors (and a ``predict`` callable where a model is drawn).
 
-Figures are built with :class:`~matplotlib.figure.Figure` rather than ``pyplot``: they render with the
-non-interactive Agg canvas, never touch a GUI backend or pyplot's global list of open figures, and are freed like
-any other object, so there is nothing to close.
+Built as plain :class:`~matplotlib.figure.Figure` objects, not with ``pyplot``: no GUI backend, nothing to close.
 """
 
 from __future__ import annotations
@@ -35,7 +32,6 @@ __all__ = [
 ]
 
 CURVES = {"acc": "accuracy", "loss": "loss", "lr": "learning rate"}  # metric name in the logs -> panel title
-_CLASS_COLORS = ("tab:blue", "tab:red")  # the ends of the "RdBu_r" colour map: P(class 1) = 0 and 1
 
 
 def _numpy(tensor: Tensor) -> np.ndarray:
@@ -74,17 +70,15 @@ def decision_boundary_figure(
     title: str = "Decision boundary",
     resolution: int = 200,
 ) -> Figure:
-    """P(class 1) over the plane (``predict`` maps ``[N, 2]`` points to it), the 0.5 boundary, and the points by class.
-
-    Training points are circles, validation points triangles.
-    """
+    """P(class 1) over the plane (``predict`` maps ``[N, 2]`` points to it), the 0.5 boundary, and the points by
+    class: training points as circles, validation points as triangles."""
     splits = [("train", "o", train)] + ([("val", "^", val)] if val is not None else [])
     points = np.concatenate([_numpy(split[0]) for _, _, split in splits])
     low, high = points.min(axis=0), points.max(axis=0)
     pad = 0.1 * (high - low) + 0.5
     gx, gy = np.meshgrid(*(np.linspace(low[i] - pad[i], high[i] + pad[i], resolution) for i in range(2)))
-    probability = _numpy(predict(torch.tensor(np.stack([gx.ravel(), gy.ravel()], axis=1), dtype=torch.float32)))
-    probability = probability.reshape(gx.shape)
+    grid = torch.tensor(np.stack([gx.ravel(), gy.ravel()], axis=1), dtype=torch.float32)
+    probability = _numpy(predict(grid)).reshape(gx.shape)
 
     figure = Figure(figsize=(6.4, 5.4), layout="constrained")
     ax = figure.subplots()
@@ -93,7 +87,7 @@ def decision_boundary_figure(
     figure.colorbar(filled, ax=ax, label="P(class 1)")
     for name, marker, (x, y) in splits:
         x, y = _numpy(x), _numpy(y).ravel()
-        for label, color in enumerate(_CLASS_COLORS):
+        for label, color in enumerate(("tab:blue", "tab:red")):  # the ends of "RdBu_r": P(class 1) = 0 and 1
             chosen = y == label
             ax.scatter(
                 x[chosen, 0], x[chosen, 1], c=color, marker=marker, edgecolors="black", s=40,
@@ -107,12 +101,8 @@ def decision_boundary_figure(
 
 
 def learning_curves_figure(runs: Mapping[str, History]) -> Figure:
-    """Train and validation accuracy and loss (and the learning rate, where a lesson logs it) per epoch: one row per
-    run, so runs (say, without and with dropout) can be compared on shared axes.
-
-    Each run's history is a list of per-epoch dicts with ``epoch`` and any of ``train/acc``, ``val/acc``,
-    ``train/loss``, ``val/loss``, ``train/lr`` (as :class:`~gpu_lessons.pictures.LessonPictures` records them).
-    """
+    """Train and validation accuracy and loss (and the learning rate, where logged) per epoch, one row per run on
+    shared axes. A history is a list of dicts with ``epoch`` and any of ``train/acc``, ``val/loss``, ``train/lr``..."""
     logged = {key for history in runs.values() for entry in history for key in entry}
     metrics = [m for m in CURVES if f"train/{m}" in logged or f"val/{m}" in logged]
     losses = [v for history in runs.values() for entry in history for k, v in entry.items() if k.endswith("/loss")]
@@ -155,8 +145,7 @@ def learning_curves_figure(runs: Mapping[str, History]) -> Figure:
 def confusion_matrix_figure(
     preds: Tensor, targets: Tensor, num_classes: int, class_names: Optional[Sequence[str]] = None
 ) -> Figure:
-    """The confusion matrix of predicted class indices against the true ones, with the counts written in; the axes
-    name the classes when ``class_names`` is given (Fashion-MNIST's "Ankle boot"), else number them."""
+    """The confusion matrix of predicted against true class indices, with the counts written in."""
     matrix = MulticlassConfusionMatrix(num_classes=num_classes)(preds.detach().cpu(), targets.detach().cpu()).numpy()
     total, correct = int(matrix.sum()), int(matrix.trace())
 
@@ -164,10 +153,9 @@ def confusion_matrix_figure(
     ax = figure.subplots()
     image = ax.imshow(matrix, cmap="Blues")
     figure.colorbar(image, ax=ax, label="images", shrink=0.8)
-    dark = matrix.max() / 2
     for (true, pred), count in np.ndenumerate(matrix):
         if count:
-            color = "white" if count > dark else "black"
+            color = "white" if count > matrix.max() / 2 else "black"
             ax.text(pred, true, str(count), ha="center", va="center", fontsize=8, color=color)
     ax.set(
         xticks=range(num_classes), yticks=range(num_classes), xlabel="predicted class", ylabel="true class",
@@ -182,12 +170,8 @@ def confusion_matrix_figure(
 def misclassified_figure(
     images: Tensor, targets: Tensor, preds: Tensor, max_images: int = 25, class_names: Optional[Sequence[str]] = None
 ) -> Figure:
-    """Up to ``max_images`` misclassified images on a square grid, each titled ``true→pred`` (by class name when
-    ``class_names`` is given, e.g. ``Shirt→T-shirt/top``).
-
-    ``images`` are ``[N, H, W]`` or ``[N, C, H, W]``, raw or normalised: each is rescaled to its own range for
-    display, which undoes any per-dataset normalisation.
-    """
+    """Up to ``max_images`` misclassified images on a square grid, each titled ``true→pred``. ``images`` are
+    ``[N, H, W]`` or ``[N, C, H, W]``; each is rescaled to its own range, which undoes any normalisation."""
     wrong = (preds.detach().cpu() != targets.detach().cpu()).nonzero().flatten()
     side = math.ceil(math.sqrt(max_images))
     figure = Figure(figsize=(1.3 * side, 1.3 * side + 0.5), layout="constrained")

@@ -1,14 +1,11 @@
-"""Pictures of what a lesson learned, for TensorBoard and as PNG files: :class:`LessonPictures`, the Lightning
-callback that picks the pictures (:mod:`gpu_lessons.figures`) for a lesson and writes them, and
-``gpu-lessons pictures``, which draws runs' learning curves side by side."""
+"""Pictures of what a lesson learned: :class:`LessonPictures` writes them to TensorBoard and as PNG files, and
+``gpu-lessons pictures`` draws runs' learning curves side by side."""
 
 from __future__ import annotations
 
-import argparse
 import io
 import re
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, Optional, Union
 
@@ -28,7 +25,6 @@ from gpu_lessons.errors import CommandParser, UserError, run_command
 from gpu_lessons.figures import (
     CURVES,
     History,
-    Predict,
     Split,
     confusion_matrix_figure,
     decision_boundary_figure,
@@ -39,41 +35,20 @@ from gpu_lessons.figures import (
 )
 from gpu_lessons.models.tasks import BinaryTask, MulticlassTask, RegressionTask
 
-@contextmanager
-def _evaluating(module: LightningModule) -> Iterator[None]:
-    """Eval mode without gradients, then back to the module's previous mode."""
-    training = module.training
-    module.eval()
-    try:
-        with torch.no_grad():
-            yield
-    finally:
-        module.train(training)
-
 
 class LessonPictures(Callback):
     """Draws what a lesson learned, to TensorBoard and as PNGs in ``<log_dir>/pictures/``.
 
-    After ``fit``: the learning curves (train vs validation accuracy and loss per epoch) for every lesson; for a
-    :class:`~gpu_lessons.models.RegressionTask` with 1-D inputs the fitted curve over the data; for a
-    :class:`~gpu_lessons.models.BinaryTask` with 2-D inputs the decision boundary over the points. After ``test`` of
-    a :class:`~gpu_lessons.models.MulticlassTask`: the confusion matrix and the misclassified test images (named by
-    the DataModule's ``class_names`` attribute, where it declares one).
-
-    The data comes from the batches Lightning hands to the hooks: the fit's first epoch's training batches (at most
-    :attr:`MAX_POINTS` samples, each point drawn once; every later step only checks a flag), the last validation's batches, and the test batches with
-    the lesson's ``test_step`` outputs. So any DataModule works; a picture that cannot apply to the data (a
-    decision boundary over 10-D points) is not drawn, and says nothing. Under DDP, rank zero draws what it saw (its shard of each split).
-
-    Only rank zero draws, and a picture that fails to draw is a warning, never a failed run. Without a logger
-    nothing is written; loggers other than TensorBoard get only the PNG files.
+    After ``fit``: the learning curves, and the fitted curve (1-D regression) or decision boundary (2-D binary) over
+    the first epoch's training points and the last validation's. After ``test`` of a multiclass lesson: the confusion
+    matrix and the misclassified images. Only rank zero draws (what it saw); a picture that fails is a warning.
 
     Args:
         enabled: Draw the pictures (``--pictures.enabled false`` skips them, e.g. when timing a run).
         max_misclassified: How many misclassified test images to show.
     """
 
-    MAX_POINTS = 10_000  # samples kept from an epoch's training batches for the fitted-curve/boundary pictures
+    MAX_POINTS = 10_000  # training samples kept for the fitted curve or boundary
 
     def __init__(self, enabled: bool = True, max_misclassified: int = 25) -> None:
         self.enabled = enabled
@@ -81,25 +56,19 @@ class LessonPictures(Callback):
         self.history: list[dict[str, float]] = []
         self._val_metrics: dict[str, float] = {}
         self._finished_epoch: Optional[int] = None
-        self._log_dir: Optional[str] = None
+        self.folder: Optional[Path] = None  # where the PNG files go: ``<log_dir>/pictures``, once set up with a logger
         self._batches: dict[str, list[tuple[Tensor, ...]]] = {"train": [], "val": [], "test": []}
-        self._kept = 0  # training samples kept
-        self._collecting = False  # keeping training batches: during the fit's first epoch
+        self._kept = 0
+        self._collecting = False  # during the fit's first epoch only
         self.written: list[Path] = []  # the PNG files of the latest fit or test
 
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         # ``trainer.log_dir`` is a collective call under DDP, so every rank asks here rather than rank zero later.
-        self._log_dir = trainer.log_dir if trainer.loggers else None
-
-    @property
-    def folder(self) -> Optional[Path]:
-        """Where the PNG files go: ``<log_dir>/pictures`` (``None`` without a logger)."""
-        return None if self._log_dir is None else Path(self._log_dir) / "pictures"
+        log_dir = trainer.log_dir if trainer.loggers else None
+        self.folder = None if log_dir is None else Path(log_dir) / "pictures"
 
     def _keeps(self, trainer: Trainer) -> bool:
-        return self.enabled and self._log_dir is not None and trainer.is_global_zero
-
-    # -- fit: learning curves, and the points for the fitted curve / decision boundary --------------------------
+        return self.enabled and self.folder is not None and trainer.is_global_zero
 
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._batches["train"], self._kept, self._collecting = [], 0, self._keeps(trainer)
@@ -110,8 +79,7 @@ class LessonPictures(Callback):
     def on_train_batch_end(
         self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
-        # References only (no copy, nothing read back from the device), and only in one epoch: the same points come
-        # back every epoch (and, in a full-batch one, every step).
+        # References only, nothing read back from the device; later epochs bring the same points again.
         if self._collecting and self._kept < self.MAX_POINTS and _is_points(batch):
             self._batches["train"].append((batch[0].detach(), batch[1].detach()))
             self._kept += len(batch[0])
@@ -131,20 +99,18 @@ class LessonPictures(Callback):
             self._val_metrics = _epoch_metrics(trainer, "val")
 
     def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        # The lesson logs its epoch's training metrics in its own ``on_train_epoch_end``, which Lightning runs after
-        # the callbacks' hooks: the epoch is recorded when the next one starts, or when training ends.
+        # The lesson logs the epoch's metrics after this hook: record them when the next epoch starts or training ends.
         self._finished_epoch = trainer.current_epoch + 1
         self._collecting = False
 
     def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._record_finished_epoch(trainer)
-        self._publish(trainer, pl_module, self._fit_pictures)
+        self._publish(trainer, pl_module, self._fit_pictures(trainer, pl_module))
 
     def _record_finished_epoch(self, trainer: Trainer) -> None:
         if self._finished_epoch is not None and trainer.is_global_zero:
-            # Validation, if it ran that epoch, came before the end of the epoch's training.
-            entry = {"epoch": self._finished_epoch, **_epoch_metrics(trainer, "train"), **self._val_metrics}
-            self.history.append(entry)
+            metrics = {**_epoch_metrics(trainer, "train"), **self._val_metrics}
+            self.history.append({"epoch": self._finished_epoch, **metrics})
             self._val_metrics = {}
         self._finished_epoch = None
 
@@ -152,9 +118,7 @@ class LessonPictures(Callback):
         return {"history": self.history}
 
     def on_save_checkpoint(self, trainer: Trainer, pl_module: LightningModule, checkpoint: dict[str, Any]) -> None:
-        """An epoch-end checkpoint is written once the lesson has logged the epoch (Lightning runs checkpoint
-        callbacks' epoch-end hooks after the module's), so the epoch is complete now: record it before saving.
-        (``state_dict`` was collected just before this hook; a mid-epoch save has no finished epoch pending.)"""
+        """Record a finished epoch before an epoch-end checkpoint saves the history (the lesson logged it by now)."""
         self._record_finished_epoch(trainer)
         checkpoint["callbacks"][self.state_key] = self.state_dict()
 
@@ -172,12 +136,14 @@ class LessonPictures(Callback):
         else:
             return
         train, val = _points(self._batches["train"]), _points(self._batches["val"])
-        if train is None or train[0].shape[1] != features:  # 4-D or 10-D points: no plane or line to draw them on
+        if train is None or train[0].shape[1] != features:  # no line or plane to draw these points on
             return
-        after = f"{title} after {trainer.current_epoch} epochs"
-        yield name, draw(_predictor(trainer, pl_module), train, val, title=after)
 
-    # -- test: confusion matrix and misclassified images ------------------------------------------------------
+        def predict(inputs: Tensor) -> Tensor:
+            with trainer.precision_plugin.forward_context():
+                return pl_module.predictions(pl_module(inputs.to(pl_module.device))).float().cpu()
+
+        yield name, draw(predict, train, val, title=f"{title} after {trainer.current_epoch} epochs")
 
     def on_test_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._batches["test"] = []
@@ -186,12 +152,12 @@ class LessonPictures(Callback):
         self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, batch_idx: int,
         dataloader_idx: int = 0,
     ) -> None:
-        # The test_step's outputs are a MulticlassTask's class scores; kept on the device until the test ends.
+        # A MulticlassTask's test_step returns class scores; kept on the device until the test ends.
         if isinstance(pl_module, MulticlassTask) and self._keeps(trainer) and isinstance(outputs, Tensor):
             self._batches["test"].append((batch[0].detach(), batch[1].detach(), outputs.detach().argmax(dim=-1)))
 
     def on_test_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        self._publish(trainer, pl_module, self._test_pictures)
+        self._publish(trainer, pl_module, self._test_pictures(trainer, pl_module))
 
     def _test_pictures(self, trainer: Trainer, pl_module: LightningModule) -> Iterator[tuple[str, Figure]]:
         if not isinstance(pl_module, MulticlassTask) or not self._batches["test"]:
@@ -204,28 +170,26 @@ class LessonPictures(Callback):
         yield "confusion_matrix", confusion_matrix_figure(preds, targets, pl_module.num_classes, names)
         yield "misclassified", misclassified_figure(images, targets, preds, self.max_misclassified, names)
 
-    def _publish(
-        self,
-        trainer: Trainer,
-        pl_module: LightningModule,
-        draw: Callable[[Trainer, LightningModule], Iterator[tuple[str, Figure]]],
-    ) -> None:
+    def _publish(self, trainer: Trainer, pl_module: LightningModule, pictures: Iterator[tuple[str, Figure]]) -> None:
         self.written = []
         if not self._keeps(trainer):
             return
-        folder = self.folder
+        training = pl_module.training
+        pl_module.eval()
         try:
-            with _evaluating(pl_module):
-                for name, figure in draw(trainer, pl_module):
-                    rgb = render(figure)  # once, for both the PNG and TensorBoard: rendering is the slow part
-                    folder.mkdir(parents=True, exist_ok=True)
-                    write_atomically(folder / f"{name}.png", lambda file: PIL.Image.fromarray(rgb).save(file, "PNG"))
-                    self.written.append(folder / f"{name}.png")
+            with torch.no_grad():
+                for name, figure in pictures:  # drawn here, in eval mode
+                    rgb = render(figure)  # once for both outputs: rendering is the slow part
+                    png = self.folder / f"{name}.png"
+                    write_atomically(png, lambda file: PIL.Image.fromarray(rgb).save(file, "PNG"))
+                    self.written.append(png)
                     for logger in trainer.loggers:
                         if isinstance(logger, TensorBoardLogger):
                             logger.experiment.add_image(f"pictures/{name}", rgb, trainer.global_step, dataformats="HWC")
         except Exception as error:  # a picture is never worth a failed run
             rank_zero_warn(f"LessonPictures could not draw its pictures: {error!r}")
+        finally:
+            pl_module.train(training)
 
 
 def _is_points(batch: Any) -> bool:
@@ -234,7 +198,7 @@ def _is_points(batch: Any) -> bool:
 
 
 def _points(batches: Sequence[tuple[Tensor, Tensor]]) -> Optional[Split]:
-    """The batches' samples, each distinct ``(x, y)`` once (a full-batch epoch hands over the same points every step)."""
+    """The batches' samples, each distinct ``(x, y)`` once (a full-batch epoch repeats them every step)."""
     if not batches:
         return None
     x, y = (torch.cat(parts).float().cpu() for parts in zip(*batches))
@@ -248,21 +212,10 @@ def _epoch_metrics(trainer: Trainer, stage: str) -> dict[str, float]:
     return {key: float(metrics[key]) for key in (f"{stage}/{name}" for name in CURVES) if key in metrics}
 
 
-def _predictor(trainer: Trainer, pl_module: LightningModule) -> Predict:
-    """The lesson's predictions (values, P(class 1)) for a batch of inputs, on the CPU."""
-
-    def predict(inputs: Tensor) -> Tensor:
-        with trainer.precision_plugin.forward_context():
-            return pl_module.predictions(pl_module(inputs.to(pl_module.device))).float().cpu()
-
-    return predict
-
-
 def compare_runs(checkpoints: Sequence[Union[str, Path]], output: Union[str, Path]) -> Path:
     """Draw the learning curves of several runs one above the other (say ``overfit`` vs ``dropout``) into ``output``.
 
-    The curves come from each run's checkpoint, where :class:`LessonPictures` keeps them; ``output`` is never
-    overwritten (:class:`~gpu_lessons.errors.OutputExistsError`).
+    The curves come from each run's checkpoint; ``output`` is never overwritten.
     """
     output = refuse_existing(output)  # before the checkpoints are read
     runs: dict[str, History] = {}
@@ -280,22 +233,20 @@ def compare_runs(checkpoints: Sequence[Union[str, Path]], output: Union[str, Pat
     return write_new_file(output, png.getvalue())
 
 
-def _parser(prog: str) -> argparse.ArgumentParser:
-    parser = CommandParser(prog=prog, description=compare_runs.__doc__.splitlines()[0])
-    parser.add_argument("checkpoints", nargs="+", help="the runs' checkpoints: checkpoints/overfit/version_0/last.ckpt ...")
-    parser.add_argument("--output", required=True, help="the PNG file to write (never over an existing file)")
-    return parser
-
-
-def _compare(args: argparse.Namespace) -> int:
-    print(f"wrote {compare_runs(args.checkpoints, args.output)}")
-    return 0
-
-
 def main(argv: Optional[list[str]] = None, prog: str = "gpu-lessons pictures") -> int:
-    """``gpu-lessons pictures CKPT CKPT... --output compare.png``: runs' learning curves side by side; the exit code
-    (:mod:`gpu_lessons.errors`)."""
-    return run_command(lambda: _compare(_parser(prog).parse_args(argv)))
+    """``gpu-lessons pictures CKPT CKPT... --output compare.png``: runs' learning curves side by side; the exit code."""
+    parser = CommandParser(prog=prog, description=compare_runs.__doc__.splitlines()[0])
+    parser.add_argument(
+        "checkpoints", nargs="+", help="the runs' checkpoints: checkpoints/overfit/version_0/last.ckpt ..."
+    )
+    parser.add_argument("--output", required=True, help="the PNG file to write (never over an existing file)")
+
+    def compare() -> int:
+        args = parser.parse_args(argv)
+        print(f"wrote {compare_runs(args.checkpoints, args.output)}")
+        return 0
+
+    return run_command(compare)
 
 
 if __name__ == "__main__":

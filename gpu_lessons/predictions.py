@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import csv
 import io
-from pathlib import Path
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any, NamedTuple, Optional, Union
 
 import torch
@@ -17,8 +17,7 @@ from gpu_lessons.errors import UserError
 from gpu_lessons.models.base import batch_inputs
 from gpu_lessons.models.tasks import BinaryTask, MulticlassTask, RegressionTask
 
-# Feature vectors up to this long are shown by their values; longer ones (and images) by their name.
-_MAX_SHOWN_FEATURES = 4
+_MAX_SHOWN_FEATURES = 4  # longer feature vectors (and images) are shown by their name
 
 
 class PredictionRow(NamedTuple):
@@ -35,13 +34,8 @@ def prediction_rows(
     names: Sequence[str],
     class_names: Optional[Sequence[str]] = None,
 ) -> list[PredictionRow]:
-    """Readable rows for a batch of a lesson's ``predict_step`` results, e.g. ``x = 6 → ŷ = 13.00`` or
-    ``point [2.0, 2.0] → class 0 (probability 100.00%)``.
-
-    A sample is shown by its values when it is a short feature vector, otherwise by its entry in ``names`` (an
-    image's file, ``sample 17``). A class is shown by its entry in ``class_names`` (``digit 7``) when given, with
-    the probability of the predicted class.
-    """
+    """Readable rows for a batch of ``predict_step`` results, e.g. ``x = 6 → ŷ = 13.00`` or ``point [2.0, 2.0] →
+    class 0 (probability 100.00%)``; a sample that is no short feature vector is shown by its entry in ``names``."""
     predictions = predictions.detach().float().cpu()
     shown = [_describe_input(sample, name) for sample, name in zip(inputs.detach().cpu(), names)]
     if isinstance(lesson, RegressionTask):
@@ -59,13 +53,10 @@ def prediction_rows(
             f"predictions are printed for a RegressionTask, BinaryTask or MulticlassTask lesson; "
             f"{type(lesson).__name__} is none of them"
         )
-    rows = []  # binary or not, what is shown is the network's probability of the class it predicts
+    rows = []  # binary or not, the probability shown is that of the predicted class
     for (text, values), c, p in zip(shown, classes.tolist(), map(_short, confidences.tolist())):
-        columns = {**values, "class": c}
-        if class_names:
-            columns["name"] = class_names[c]
-        columns["probability"] = p
         label = class_names[c] if class_names else f"class {c}"
+        columns = {**values, "class": c, **({"name": label} if class_names else {}), "probability": p}
         rows.append(PredictionRow(f"{text} → {label} (probability {p:.2%})", columns))
     return rows
 
@@ -87,10 +78,8 @@ def _describe_input(sample: Tensor, name: str) -> tuple[str, dict[str, Any]]:
 class PredictionPrinter(Callback):
     """Prints one line per prediction, e.g. ``x = 6 → ŷ = 13.00``, and writes every row to ``output`` as CSV.
 
-    Each batch Lightning hands over (the inputs and the lesson's ``predict_step`` outputs) becomes rows
-    (:func:`prediction_rows`). Samples are named by the DataModule's ``predict_names`` attribute where it declares
-    one (image files), otherwise numbered; classes by its ``class_names`` attribute. Lightning's own return of the
-    predictions is unaffected.
+    Samples are named by the DataModule's ``predict_names`` where it has them, else numbered; classes by its
+    ``class_names``.
 
     Args:
         output: A CSV file to write every row to; an existing file is never overwritten.
@@ -98,21 +87,18 @@ class PredictionPrinter(Callback):
     """
 
     def __init__(self, output: Optional[Union[str, Path]] = None, max_lines: int = 20) -> None:
-        self.output = None if output is None else Path(output)
+        self.output = None if output is None else refuse_existing(output)
         self.max_lines = max_lines
         self.rows: list[PredictionRow] = []
-        self._check_output()
-
-    def _check_output(self) -> None:
-        if self.output is not None:
-            refuse_existing(self.output)
 
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        """Check again that ``output`` is new (it may have appeared since, or this printer predicted before)."""
         if stage != "predict":
             return
         if trainer.world_size > 1:  # each process would print its own shard, numbered from 0
             raise UserError("predictions are printed by one process: predict with --trainer.devices 1")
-        self._check_output()  # again: the file may have appeared since, or this printer predicted before
+        if self.output is not None:
+            refuse_existing(self.output)
         self.rows = []
 
     def on_predict_batch_end(
@@ -126,7 +112,6 @@ class PredictionPrinter(Callback):
     ) -> None:
         inputs = batch_inputs(batch)
         first, count = len(self.rows), len(inputs)
-        # What a DataModule may declare about its samples (gpu_lessons' own all do; any other may not)
         names = getattr(trainer.datamodule, "predict_names", None)
         names = names[first : first + count] if names else [f"sample {i}" for i in range(first, first + count)]
         class_names = getattr(trainer.datamodule, "class_names", None)
@@ -138,14 +123,10 @@ class PredictionPrinter(Callback):
         if len(self.rows) > self.max_lines:
             more = len(self.rows) - self.max_lines
             print(f"... and {more} more" + ("" if self.output else " (--output FILE.csv writes them all)"))
-        if self.output is not None and self.rows:
-            self._write_csv(self.output)
+        if self.output is not None and self.rows:  # all rows or nothing: built in memory, written atomically
+            text = io.StringIO(newline="")
+            writer = csv.DictWriter(text, fieldnames=list(self.rows[0].values))
+            writer.writeheader()
+            writer.writerows(row.values for row in self.rows)
+            write_new_file(self.output, text.getvalue().encode("utf-8"))
             print(f"{len(self.rows)} predictions written to {self.output}")
-
-    def _write_csv(self, path: Path) -> None:
-        """All rows, or nothing: the CSV is built in memory and written atomically, never over an existing file."""
-        text = io.StringIO(newline="")
-        writer = csv.DictWriter(text, fieldnames=list(self.rows[0].values))
-        writer.writeheader()
-        writer.writerows(row.values for row in self.rows)
-        write_new_file(path, text.getvalue().encode("utf-8"))
