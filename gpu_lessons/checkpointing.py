@@ -68,7 +68,7 @@ def _resolved(path: Optional[str]) -> Optional[Path]:
         return None
     try:
         return Path(path).resolve()
-    except (OSError, ValueError):
+    except (OSError, ValueError, RuntimeError):  # RuntimeError: a link loop, on Python < 3.13
         return None
 
 

@@ -47,11 +47,13 @@ def _victims(root: Path, run_folder: Path) -> dict[str, tuple[str, Path]]:
     (root / "victim.txt").write_text("keep")
     run_folder.parent.mkdir(parents=True)
     (run_folder.parent / "link").symlink_to(outside, target_is_directory=True)
+    (run_folder.parent / "loop").symlink_to(run_folder.parent / "loop")  # resolve() raises RuntimeError on 3.11
     return {
         "a file, by ..": (f"{run_folder}/../../../victim.txt", root / "victim.txt"),
         "a folder, by ..": (f"{run_folder}/../../../outside/victim_dir", outside / "victim_dir" / "inner" / "precious.txt"),
         "an absolute path": (str(outside / "absolute.ckpt"), outside / "absolute.ckpt"),
         "a file through a linked folder": (f"{run_folder}/../link/linked.ckpt", outside / "linked.ckpt"),
+        "a file through a link loop": (f"{run_folder}/../loop/x.ckpt", root / "victim.txt"),
     }
 
 
