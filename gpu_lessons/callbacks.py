@@ -107,6 +107,7 @@ class RandomStates(Callback):
         self._restored: Optional[dict[str, Any]] = None  # states to continue from, once training starts
 
     def state_dict(self) -> dict[str, Any]:
+        """The random-number states at the checkpoint, for an exact resume."""
         return {
             "torch": torch.get_rng_state(),
             "cuda": torch.cuda.get_rng_state() if torch.cuda.is_initialized() else None,

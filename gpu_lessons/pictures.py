@@ -63,7 +63,7 @@ class LessonPictures(Callback):
         self.written: list[Path] = []  # the PNG files of the latest fit or test
 
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
-        # ``trainer.log_dir`` is a collective call under DDP, so every rank asks here rather than rank zero later.
+        """Find the pictures' folder (``trainer.log_dir`` is a collective call under DDP: every rank asks here)."""
         log_dir = trainer.log_dir if trainer.loggers else None
         self.folder = None if log_dir is None else Path(log_dir) / "pictures"
 
@@ -71,39 +71,45 @@ class LessonPictures(Callback):
         return self.enabled and self.folder is not None and trainer.is_global_zero
 
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        """Start collecting the first epoch's points (a regression or binary lesson's, for its picture)."""
         self._batches["train"], self._kept, self._collecting = [], 0, self._keeps(trainer)
 
     def on_train_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        """Record the epoch that just finished, now that the lesson has logged its metrics."""
         self._record_finished_epoch(trainer)
 
     def on_train_batch_end(
         self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
-        # References only, nothing read back from the device; later epochs bring the same points again.
+        """Keep the first epoch's points: references only, nothing read back from the device."""
         if self._collecting and self._kept < self.MAX_POINTS and _is_points(batch):
             self._batches["train"].append((batch[0].detach(), batch[1].detach()))
             self._kept += len(batch[0])
 
     def on_validation_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        """Collect this validation pass's points afresh."""
         self._batches["val"] = []
 
     def on_validation_batch_end(
         self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, batch_idx: int,
         dataloader_idx: int = 0,
     ) -> None:
+        """Keep a fit's validation points."""
         if trainer.state.fn == TrainerFn.FITTING and self._keeps(trainer) and _is_points(batch):
             self._batches["val"].append((batch[0].detach(), batch[1].detach()))
 
     def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        """Note the validation metrics of a fit's epoch (not the sanity check's)."""
         if trainer.state.fn == TrainerFn.FITTING and not trainer.sanity_checking and trainer.is_global_zero:
             self._val_metrics = _epoch_metrics(trainer, "val")
 
     def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        # The lesson logs the epoch's metrics after this hook: record them when the next epoch starts or training ends.
+        """Mark the epoch finished: the lesson logs its metrics after this hook, so they are recorded later."""
         self._finished_epoch = trainer.current_epoch + 1
         self._collecting = False
 
     def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        """Record the last epoch and write the fit's pictures."""
         self._record_finished_epoch(trainer)
         self._publish(trainer, pl_module, self._fit_pictures(trainer, pl_module))
 
@@ -115,6 +121,7 @@ class LessonPictures(Callback):
         self._finished_epoch = None
 
     def state_dict(self) -> dict[str, Any]:
+        """The learning curves so far, so that a resumed fit draws them whole."""
         return {"history": self.history}
 
     def on_save_checkpoint(self, trainer: Trainer, pl_module: LightningModule, checkpoint: dict[str, Any]) -> None:
@@ -123,6 +130,7 @@ class LessonPictures(Callback):
         checkpoint["callbacks"][self.state_key] = self.state_dict()
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Continue a checkpoint's learning curves, once checked."""
         self.history = checked_history(state_dict, "the checkpoint's LessonPictures")
 
     def _fit_pictures(self, trainer: Trainer, pl_module: LightningModule) -> Iterator[tuple[str, Figure]]:
@@ -146,17 +154,19 @@ class LessonPictures(Callback):
         yield name, draw(predict, train, val, title=f"{title} after {trainer.current_epoch} epochs")
 
     def on_test_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        """Collect the test's predictions afresh."""
         self._batches["test"] = []
 
     def on_test_batch_end(
         self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, batch_idx: int,
         dataloader_idx: int = 0,
     ) -> None:
-        # A MulticlassTask's test_step returns class scores; kept on the device until the test ends.
+        """Keep a classifier's test images, targets and predicted classes, on the device until the test ends."""
         if isinstance(pl_module, MulticlassTask) and self._keeps(trainer) and isinstance(outputs, Tensor):
             self._batches["test"].append((batch[0].detach(), batch[1].detach(), outputs.detach().argmax(dim=-1)))
 
     def on_test_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        """Write the test's pictures: the confusion matrix and the misclassified images."""
         self._publish(trainer, pl_module, self._test_pictures(trainer, pl_module))
 
     def _test_pictures(self, trainer: Trainer, pl_module: LightningModule) -> Iterator[tuple[str, Figure]]:

@@ -110,6 +110,7 @@ class PredictionPrinter(Callback):
         batch_idx: int,
         dataloader_idx: int = 0,
     ) -> None:
+        """Turn the batch's predictions into readable rows, named by picture file or sample number."""
         inputs = batch_inputs(batch)
         first, count = len(self.rows), len(inputs)
         names = getattr(trainer.datamodule, "predict_names", None)
@@ -118,6 +119,7 @@ class PredictionPrinter(Callback):
         self.rows.extend(prediction_rows(pl_module, inputs, outputs, names, class_names))
 
     def on_predict_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        """Print the first ``max_lines`` rows (and write them all to ``--output``)."""
         for row in self.rows[: self.max_lines]:
             print(row.text)
         if len(self.rows) > self.max_lines:

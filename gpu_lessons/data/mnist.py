@@ -187,6 +187,7 @@ class MNISTDataModule(TensorDataModule):
         return order[val_size:], order[:val_size]
 
     def build_splits(self) -> dict[str, Split]:
+        """The seeded train/val split of the training images, and the test images."""
         train, test = self._load(train=True), self._load(train=False)
         train_idx, val_idx = self._split_indices(len(train))
         splits = {"train": (train.data[train_idx], train.targets[train_idx]), "test": (test.data, test.targets)}
