@@ -58,8 +58,7 @@ class RunFolders:
             run_root = Path("checkpoints", config.run_name)
             version = None if logger_args is None else logger_args.version
             if version is None:
-                log_root = None if logger_args is None else Path(logger_args.save_dir, logger_args.get("name") or "")
-                version = self._claim_version(run_root, log_root)
+                version = self._claim_version(run_root, None if logger_args is None else _log_root(logger_args))
                 if logger_args is not None:
                     logger_args.version = version
                     self.set_keys.append("trainer.logger.init_args.version")
@@ -77,8 +76,7 @@ class RunFolders:
             )
         self._note_new(folder)
         if logger_args is not None and logger_args.version is not None:
-            log_root = Path(logger_args.save_dir, logger_args.get("name") or "")
-            self._note_new(log_root / version_folder(logger_args.version))
+            self._note_new(_log_root(logger_args) / version_folder(logger_args.version))
 
     def _note_new(self, folder: Path) -> None:
         """Remember ``folder`` if this run will create it, and the parents it will create with it."""
@@ -177,6 +175,11 @@ def default_run_name(config: Namespace) -> str:
     return str(config.model.class_path).rsplit(".", 1)[-1].removesuffix("Lesson").lower() or "lesson"
 
 
+def _log_root(logger_args: Namespace) -> Path:
+    """The folder a logger writes its ``version_N`` folders into (TensorBoardLogger's and CSVLogger's layout)."""
+    return Path(logger_args.save_dir, logger_args.get("name") or "")
+
+
 def version_folder(version: Any) -> str:
     """The folder a logger version names, as TensorBoardLogger and CSVLogger spell it: ``version_3``, or a string."""
     return version if isinstance(version, str) else f"version_{version}"
@@ -200,7 +203,8 @@ def checkpoint_alias(alias: str, run_name: str, folder: Optional[str] = None, fl
     folder = Path(folder or os.path.join("checkpoints", run_name))
     if alias not in ("last", "best"):
         raise UserError(f"{flag} {alias} is not supported: give a checkpoint file, or last or best")
-    runs = sorted((p for p in folder.glob("version_*") if VERSION.fullmatch(p.name)), key=lambda p: int(p.name[8:]))
+    numbered = {int(match[1]): p for p in folder.glob("version_*") if (match := VERSION.fullmatch(p.name))}
+    runs = [numbered[n] for n in sorted(numbered)]
     newest = next((run / "last.ckpt" for run in [*reversed(runs), folder] if (run / "last.ckpt").is_file()), None)
     if newest is None:
         raise CheckpointError(

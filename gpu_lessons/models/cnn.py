@@ -21,9 +21,9 @@ class CNN(nn.Module):
         self.fc2 = nn.Linear(64, 10)
 
     def forward(self, x: Tensor) -> Tensor:
-        x = self.pool(self.relu(self.conv1(x)))
-        x = self.pool(self.relu(self.conv2(x)))
-        x = self.relu(self.fc1(self.flatten(x)))
+        x = self.pool(self.relu(self.conv1(x)))  # [B, 1, 28, 28] -> [B, 8, 14, 14]
+        x = self.pool(self.relu(self.conv2(x)))  # -> [B, 16, 7, 7]
+        x = self.relu(self.fc1(self.flatten(x)))  # -> [B, 784] -> [B, 64]
         return self.fc2(x)
 
 

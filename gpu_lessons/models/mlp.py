@@ -20,7 +20,10 @@ class MNISTNet(nn.Module):
         self.layer3 = nn.Linear(64, 10)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.layer3(self.relu2(self.layer2(self.relu1(self.layer1(self.flatten(x))))))
+        x = self.flatten(x)  # [B, 1, 28, 28] -> [B, 784]
+        x = self.relu1(self.layer1(x))
+        x = self.relu2(self.layer2(x))
+        return self.layer3(x)
 
 
 class MLPLesson(DigitLesson):

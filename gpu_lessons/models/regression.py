@@ -48,7 +48,7 @@ class RegressionLesson(RegressionTask):
     """Regression on one input: the line y = 2x + 1 (steps 7, 11) or a curve (step 8).
 
     Args:
-        activation: The non-linearity between the two layers.
+        activation: The non-linearity between the two layers: ``none``, ``relu``, ``tanh`` or ``sigmoid``.
     """
 
     def __init__(
