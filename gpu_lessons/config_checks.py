@@ -22,41 +22,51 @@ _DATA_LOCATION_KEYS = {"data_dir", "download", "num_workers", "on_device", "load
                        "predict_points", "eval_batch_size"}
 
 
+# Options that take a YAML file as well as a value (LightningCLI's groups): each file is read whole by jsonargparse.
+_FILE_OPTIONS = ("--config", "-c", "--data", "--model", "--trainer", "--optimizer", "--lr_scheduler")
+
+
 def with_config_files(args: Any) -> Any:
-    """``args`` with each ``--config``/``-c`` value resolved by :func:`config_file`."""
+    """``args`` with every option's value checked by :func:`checked_value` (``--option VALUE`` and
+    ``--option=VALUE``); a ``--config`` lesson name becomes its shipped file."""
     if not isinstance(args, (list, tuple)):
         return args
     args = list(args)
     for i, arg in enumerate(args):
-        if arg in ("--config", "-c") and i + 1 < len(args) and isinstance(args[i + 1], str):
-            args[i + 1] = config_file(args[i + 1])
-        elif isinstance(arg, str) and arg.startswith("--config="):
-            args[i] = "--config=" + config_file(arg.split("=", 1)[1])
+        if not isinstance(arg, str) or not arg.startswith("-"):
+            continue
+        option, joined, value = arg.partition("=")
+        if joined:
+            args[i] = f"{option}={checked_value(option, value)}"
+        elif i + 1 < len(args) and isinstance(args[i + 1], str):
+            args[i + 1] = checked_value(option, args[i + 1])
     return args
 
 
-def config_file(value: str) -> str:
-    """A shipped lesson's name (``cnn``) as its config file (a real file always wins), checked: a file that is not
-    UTF-8 text is named in one line, not jsonargparse's UnicodeDecodeError traceback."""
-    value = config_path(value)
-    if os.path.isfile(value):
+def checked_value(option: str, value: str) -> str:
+    """``value`` of ``option``, bounded before jsonargparse reads it: a file given to ``--config`` or a group
+    (``--data d.yaml``) is at most :data:`MAX_CONFIG_BYTES` of UTF-8 YAML (not jsonargparse's UnicodeDecodeError
+    traceback), and it or a value given inline expands to at most :data:`MAX_CONFIG_VALUES` values."""
+    if option in ("--config", "-c"):
+        value = config_path(value)  # a shipped lesson's name (``cnn``) as its config file (a real file always wins)
+    if option in _FILE_OPTIONS and os.path.isfile(value):
         size = os.path.getsize(value)
         if size > MAX_CONFIG_BYTES:
-            raise UserError(f"--config {value} is {size:,} bytes, more than a config's {MAX_CONFIG_BYTES:,}")
+            raise UserError(f"{option} {value} is {size:,} bytes, more than a config's {MAX_CONFIG_BYTES:,}")
         try:
             text = Path(value).read_text(encoding="utf-8")
         except UnicodeDecodeError as error:
-            raise UserError(f"--config {value} is not a YAML text file (byte {error.start} is not UTF-8)") from None
-        check_config_expansion(text, value)
-    elif len(value) > MAX_CONFIG_BYTES:  # a config given inline, as YAML text, is bounded alike
-        raise UserError(f"--config: the YAML given inline is {len(value):,} characters, more than a config's {MAX_CONFIG_BYTES:,}")
+            raise UserError(f"{option} {value} is not a YAML text file (byte {error.start} is not UTF-8)") from None
+        check_config_expansion(text, f"{option} {value}")
+    elif len(value) > MAX_CONFIG_BYTES:
+        raise UserError(f"{option}: the YAML given inline is {len(value):,} characters, more than a config's {MAX_CONFIG_BYTES:,}")
     else:
-        check_config_expansion(value, "(given inline)")
+        check_config_expansion(value, f"{option} (given inline)")
     return value
 
 
 def check_config_expansion(text: str, name: str) -> None:
-    """Refuse a config that expands to more than :data:`MAX_CONFIG_VALUES` values: YAML aliases of aliases ("billion
+    """Refuse YAML that expands to more than :data:`MAX_CONFIG_VALUES` values: aliases of aliases ("billion
     laughs") make a few lines into gigabytes. Invalid YAML is left to the parser's own message."""
     try:
         root = yaml.compose(text, Loader=yaml.SafeLoader)
@@ -67,7 +77,7 @@ def check_config_expansion(text: str, name: str) -> None:
         node = pending.pop()
         count += 1
         if count > MAX_CONFIG_VALUES:
-            raise UserError(f"--config {name} expands to more than {MAX_CONFIG_VALUES:,} values (YAML aliases count at every use)")
+            raise UserError(f"{name} expands to more than {MAX_CONFIG_VALUES:,} values (YAML aliases count at every use)")
         if isinstance(node, yaml.SequenceNode):
             pending.extend(node.value)
         elif isinstance(node, yaml.MappingNode):

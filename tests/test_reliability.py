@@ -290,6 +290,15 @@ BAD_INPUTS = {
         "(given inline) expands to more than 100,000 values",
     ),
     "missing config file": (["fit", "--config", "nope.yaml"], "nope.yaml"),
+    # A group's own file (--data d.yaml) and any option's value given inline are read alike, so bounded alike.
+    "a billion laughs as the data's file": (["fit", "regression", "--data", "laughs.yaml"], "--data laughs.yaml expands to more than 100,000 values"),
+    "a trainer file over 1 MB": (["fit", "regression", "--trainer=huge.yaml"], "--trainer huge.yaml is 1,200,"),
+    "a binary model file": (["fit", "regression", "--model", "binary.yaml"], "--model binary.yaml is not a YAML text file"),
+    "a billion laughs given inline to a callback list": (
+        ["fit", "regression", "--trainer.callbacks", "a: &a [1, 1, 1, 1, 1, 1, 1, 1, 1, 1]\n" + "".join(
+            f"a{i}: &a{i} [{', '.join([f'*a{i - 1}' if i > 1 else '*a'] * 10)}]\n" for i in range(1, 8))],
+        "--trainer.callbacks (given inline) expands to more than 100,000 values",
+    ),
     "missing ckpt_path": (["test", "regression", "--ckpt_path", "checkpoints/regression/gone.ckpt"], "no such checkpoint file"),
     "truncated ckpt_path": (["test", "regression", "--ckpt_path", "truncated.ckpt"], "not a readable PyTorch checkpoint"),
     "non-checkpoint text file": (["test", "regression", "--ckpt_path", "notes.txt"], "not a readable PyTorch checkpoint"),
