@@ -22,8 +22,10 @@ _DATA_LOCATION_KEYS = {"data_dir", "download", "num_workers", "on_device", "load
                        "predict_points", "eval_batch_size"}
 
 
-# Options that take a YAML file as well as a value (LightningCLI's groups): each file is read whole by jsonargparse.
+# Options that take a YAML file as well as a value (LightningCLI's groups): each file is read whole by jsonargparse,
+# as is a YAML or JSON file given to a nested option (``--model.init_args.optimizer sgd.yaml``).
 _FILE_OPTIONS = ("--config", "-c", "--data", "--model", "--trainer", "--optimizer", "--lr_scheduler")
+_CONFIG_SUFFIXES = (".yaml", ".yml", ".json")
 
 
 def with_config_files(args: Any) -> Any:
@@ -45,11 +47,12 @@ def with_config_files(args: Any) -> Any:
 
 def checked_value(option: str, value: str) -> str:
     """``value`` of ``option``, bounded before jsonargparse reads it: a file given to ``--config`` or a group
-    (``--data d.yaml``) is at most :data:`MAX_CONFIG_BYTES` of UTF-8 YAML (not jsonargparse's UnicodeDecodeError
-    traceback), and it or a value given inline expands to at most :data:`MAX_CONFIG_VALUES` values."""
+    (``--data d.yaml``), or a YAML or JSON file given to any option, is at most :data:`MAX_CONFIG_BYTES` of UTF-8
+    (not jsonargparse's UnicodeDecodeError traceback); it, or a value given inline, expands to at most
+    :data:`MAX_CONFIG_VALUES` values."""
     if option in ("--config", "-c"):
         value = config_path(value)  # a shipped lesson's name (``cnn``) as its config file (a real file always wins)
-    if option in _FILE_OPTIONS and os.path.isfile(value):
+    if (option in _FILE_OPTIONS or value.lower().endswith(_CONFIG_SUFFIXES)) and os.path.isfile(value):
         size = os.path.getsize(value)
         if size > MAX_CONFIG_BYTES:
             raise UserError(f"{option} {value} is {size:,} bytes, more than a config's {MAX_CONFIG_BYTES:,}")

@@ -294,6 +294,10 @@ BAD_INPUTS = {
     "a billion laughs as the data's file": (["fit", "regression", "--data", "laughs.yaml"], "--data laughs.yaml expands to more than 100,000 values"),
     "a trainer file over 1 MB": (["fit", "regression", "--trainer=huge.yaml"], "--trainer huge.yaml is 1,200,"),
     "a binary model file": (["fit", "regression", "--model", "binary.yaml"], "--model binary.yaml is not a YAML text file"),
+    "a billion laughs as the optimizer's file": (
+        ["fit", "regression", "--model.init_args.optimizer", "laughs.yaml"],
+        "--model.init_args.optimizer laughs.yaml expands to more than 100,000 values",
+    ),
     "a billion laughs given inline to a callback list": (
         ["fit", "regression", "--trainer.callbacks", "a: &a [1, 1, 1, 1, 1, 1, 1, 1, 1, 1]\n" + "".join(
             f"a{i}: &a{i} [{', '.join([f'*a{i - 1}' if i > 1 else '*a'] * 10)}]\n" for i in range(1, 8))],
