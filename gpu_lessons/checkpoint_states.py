@@ -3,6 +3,7 @@ checked first: a damaged or hostile one is one :class:`~gpu_lessons.errors.Check
 
 from __future__ import annotations
 
+import math
 from typing import Any, Optional
 
 import torch
@@ -18,6 +19,8 @@ _MODEL_CHECKPOINT_KEYS = frozenset(ModelCheckpoint().state_dict())
 _OPTIONAL_KEYS = ("dirpath", "monitor")  # strings or None
 _PATH_KEYS = ("best_model_path", "kth_best_model_path", "last_model_path", *_OPTIONAL_KEYS)
 _SCORE_KEYS = ("best_model_score", "current_score", "kth_value")
+# Where Lightning keeps 16-mixed's GradScaler state (the precision plugin's class name; before 2.0, the second key).
+_SCALER_STATE_KEYS = ("MixedPrecision", "native_amp_scaling_state")
 
 
 def check_callback_states(checkpoint: dict[str, Any], source: object) -> None:
@@ -34,6 +37,23 @@ def check_callback_states(checkpoint: dict[str, Any], source: object) -> None:
             checked_history(state, f"{source}: {name}")
         elif name == "RandomStates":
             checked_random_states(state, f"{source}: {name}")
+
+
+def check_scaler_state(checkpoint: dict[str, Any], source: object) -> None:
+    """Raise :class:`CheckpointError` unless a saved GradScaler state (``16-mixed`` on a GPU), which Lightning loads
+    into the scaler as it is, is shaped as a new GradScaler's, with a finite positive scale and factors: a NaN scale
+    would silently skip every optimizer step of the resumed run."""
+    fresh = torch.amp.GradScaler("cpu").state_dict()
+    for key in _SCALER_STATE_KEYS:
+        state = checkpoint.get(key, {})
+        if state == {}:  # no scaler: full or bf16 precision
+            continue
+        _check_like(state, fresh, key, source)
+        lowest = {"scale": 1e-45, "growth_interval": 1}  # the others may be 0 (a tracker) but never negative
+        bad = [f"{name} {preview(value)}" for name, value in state.items()
+               if not (math.isfinite(float(value)) and float(value) >= lowest.get(name, 0))]
+        if bad:
+            raise CheckpointError(f"{source} is damaged: its GradScaler state ({key}) has {', '.join(bad)}")
 
 
 def checked_model_checkpoint_state(state: Any, source: str) -> dict[str, Any]:

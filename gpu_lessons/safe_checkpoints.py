@@ -17,7 +17,7 @@ import torch
 from lightning.pytorch import LightningModule
 
 from gpu_lessons.atomic_files import PathLike
-from gpu_lessons.checkpoint_states import PLAIN_SCALARS, check_callback_states
+from gpu_lessons.checkpoint_states import PLAIN_SCALARS, check_callback_states, check_scaler_state
 from gpu_lessons.errors import CheckpointError, imported_class, preview
 
 T = TypeVar("T")
@@ -35,7 +35,7 @@ MAX_STRING = 100_000  # characters in one string
 def load_checkpoint(path: PathLike, map_location: Any = "cpu", weights_only: Optional[bool] = None) -> dict[str, Any]:
     """Load a checkpoint with ``weights_only=True`` (explicitly, which also overrides
     ``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1``; ``weights_only=False`` is refused): every read of one goes through here.
-    Its archive, size, tensors and callback states are checked; anything wrong is a :class:`CheckpointError`."""
+    Its archive, size, tensors, callback and GradScaler states are checked; anything wrong is a :class:`CheckpointError`."""
     if weights_only is False:
         raise CheckpointError("gpu_lessons loads checkpoints with weights_only=True only")
     path = Path(path)
@@ -50,6 +50,7 @@ def load_checkpoint(path: PathLike, map_location: Any = "cpu", weights_only: Opt
     if not isinstance(state_dict, dict) or not all(isinstance(value, torch.Tensor) for value in state_dict.values()):
         raise CheckpointError(f"{path} is damaged: its state_dict is not a mapping of parameter names to tensors")
     check_callback_states(checkpoint, path)
+    check_scaler_state(checkpoint, path)
     return checkpoint
 
 

@@ -149,6 +149,18 @@ DAMAGED_STATES: dict[str, tuple[Callable[[dict[str, Any]], dict[str, Any]], str]
     "random states with a string": (
         lambda t: _with_state(t, "RandomStates", lambda s: {**s, "python": "seed"}), "random-number states are damaged"
     ),
+    # 16-mixed's GradScaler state, as Lightning saves it beside the callbacks' (a CPU run has none to change).
+    "a GradScaler state with a NaN scale": (
+        lambda t: {**t, "MixedPrecision": {**torch.amp.GradScaler("cpu").state_dict(), "scale": float("nan")}},
+        "has scale nan",
+    ),
+    "a GradScaler state with an unknown key": (
+        lambda t: {**t, "MixedPrecision": {**torch.amp.GradScaler("cpu").state_dict(), "run": "rm -rf /"}},
+        "its MixedPrecision is",
+    ),
+    "an old GradScaler state that is not a mapping": (
+        lambda t: {**t, "native_amp_scaling_state": [65536.0]}, "its native_amp_scaling_state is",
+    ),
 }
 
 
@@ -377,3 +389,10 @@ def test_every_subcommand_checks_the_loop_state_it_restores(stage: str, trained:
     err = capsys.readouterr().err
     assert exit_info.value.code == 2 and "Traceback" not in err
     assert f"its loop state {stage}_loop is None, not a mapping" in err
+
+
+def test_a_sound_gradscaler_state_loads(trained: dict[str, Any], tmp_path: Path) -> None:
+    """The check refuses only damage: a GradScaler state as 16-mixed saves it, mid-run, loads unchanged."""
+    state = {**torch.amp.GradScaler("cpu").state_dict(), "scale": 1024.0, "_growth_tracker": 37}
+    torch.save({**trained, "MixedPrecision": state}, tmp_path / "mixed.ckpt")
+    assert load_checkpoint(tmp_path / "mixed.ckpt")["MixedPrecision"] == state
