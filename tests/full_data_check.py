@@ -7,8 +7,8 @@ Not a pytest test (it needs the real MNIST and a few CPU minutes); ``.ci/run`` r
 
 For each lesson and seed it runs ``fit`` with the shipped config, then ``test --ckpt_path`` on that run's
 ``last.ckpt``. It prints the mean, spread and range over the seeds, and fails unless every run reaches the course's
-accuracy, falls inside the range the config's ``# Result:`` line states (:data:`RESULTS`, which a test keeps equal
-to the configs), and the checkpoint reproduces its accuracy exactly.
+accuracy, lands within :data:`OTHER_CPU_MARGIN` of the range the config's ``# Result:`` line states (:data:`RESULTS`,
+which a test keeps equal to the configs), and the checkpoint reproduces its accuracy exactly.
 """
 
 from __future__ import annotations
@@ -37,6 +37,12 @@ RESULTS = {
     "fashion_cnn": (0.0, 0.9000, 0.9055),
 }
 CI_LESSONS = ["mlp", "cnn", "mnist_classifier"]  # Fashion-MNIST is not beside the repo in CI
+# The same seed is not the same run on every CPU: float rounding follows the instruction set (AVX2, AVX-512, AMX), and
+# five epochs of it move the result like another seed would. Seed 42 of mnist_classifier gave 98.06 % on the CPU the
+# ranges were measured on and 98.17 % on a Sapphire Rapids, whose own five seeds spread as widely (docs/speed.md).
+# 0.2 points is about three of the seeds' standard deviations: a real regression (a broken schedule, a lost epoch)
+# costs far more.
+OTHER_CPU_MARGIN = 0.002
 
 
 def check(lesson: str, data_dir: Path, workdir: Path, seed: int = 42) -> tuple[float, float, float]:
@@ -76,7 +82,8 @@ def main() -> int:
             for seed in args.seeds:
                 fit_seconds, accuracy, reloaded = check(lesson, data_dir, Path(workdir), seed)
                 accuracies.append(accuracy)
-                if not (accuracy >= floor and low - 5e-5 <= accuracy <= high + 5e-5 and reloaded == accuracy):
+                in_range = low - OTHER_CPU_MARGIN <= accuracy <= high + OTHER_CPU_MARGIN
+                if not (accuracy >= floor and in_range and reloaded == accuracy):
                     failures.append(f"{lesson} (seed {seed}: {accuracy:.2%}, from last.ckpt {reloaded:.2%})")
                 print(f"{lesson} seed {seed}: {accuracy:.2%} in {fit_seconds:.1f} s", flush=True)
             spread = statistics.stdev(accuracies) if len(accuracies) > 1 else 0.0
@@ -87,8 +94,8 @@ def main() -> int:
         print(f"| {lesson} | {', '.join(map(str, seeds))} | {mean:.2%} | {spread:.2%} | {lowest:.2%}–{highest:.2%} | "
               f"{floor:.2%} | {low:.2%}–{high:.2%} |")
     if failures:
-        print(f"full-data check failed (below the floor, outside the stated range, or not reproduced): {'; '.join(failures)}",
-              file=sys.stderr)
+        print(f"full-data check failed (below the floor, more than {OTHER_CPU_MARGIN:.1%} outside the stated range, or not "
+              f"reproduced): {'; '.join(failures)}", file=sys.stderr)
         return 1
     return 0
 
