@@ -19,8 +19,17 @@ _MODEL_CHECKPOINT_KEYS = frozenset(ModelCheckpoint().state_dict())
 _OPTIONAL_KEYS = ("dirpath", "monitor")  # strings or None
 _PATH_KEYS = ("best_model_path", "kth_best_model_path", "last_model_path", *_OPTIONAL_KEYS)
 _SCORE_KEYS = ("best_model_score", "current_score", "kth_value")
-# Where Lightning keeps 16-mixed's GradScaler state (the precision plugin's class name; before 2.0, the second key).
+# Where Lightning keeps 16-mixed's GradScaler state (the precision plugin's class name; before 2.0, the second key),
+# and what torch's GradScaler can run with: each entry's kind, lowest and highest value.
 _SCALER_STATE_KEYS = ("MixedPrecision", "native_amp_scaling_state")
+_FLOAT32 = torch.finfo(torch.float32)
+_SCALER_RANGES = {
+    "scale": ((int, float), _FLOAT32.tiny, _FLOAT32.max),  # a float32 on the device
+    "growth_factor": ((int, float), 1.0, _FLOAT32.max),
+    "backoff_factor": ((int, float), _FLOAT32.tiny, math.nextafter(1.0, 0.0)),
+    "growth_interval": (int, 1, 2**31 - 1),  # an int32 on the device
+    "_growth_tracker": (int, 0, 2**31 - 1),
+}
 
 
 def check_callback_states(checkpoint: dict[str, Any], source: object) -> None:
@@ -41,19 +50,23 @@ def check_callback_states(checkpoint: dict[str, Any], source: object) -> None:
 
 def check_scaler_state(checkpoint: dict[str, Any], source: object) -> None:
     """Raise :class:`CheckpointError` unless a saved GradScaler state (``16-mixed`` on a GPU), which Lightning loads
-    into the scaler as it is, is shaped as a new GradScaler's, with a finite positive scale and factors: a NaN scale
-    would silently skip every optimizer step of the resumed run."""
-    fresh = torch.amp.GradScaler("cpu").state_dict()
+    into the scaler as it is, has a new GradScaler's keys and numbers it can run with: a NaN scale would silently
+    skip every step of the resumed run, a zero backoff end it in a misleading NaN loss."""
     for key in _SCALER_STATE_KEYS:
         state = checkpoint.get(key, {})
         if state == {}:  # no scaler: full or bf16 precision
             continue
-        _check_like(state, fresh, key, source)
-        lowest = {"scale": 1e-45, "growth_interval": 1}  # the others may be 0 (a tracker) but never negative
-        bad = [f"{name} {preview(value)}" for name, value in state.items()
-               if not (math.isfinite(float(value)) and float(value) >= lowest.get(name, 0))]
+        where = f"{source} is damaged: its GradScaler state ({key})"
+        if not isinstance(state, dict):
+            raise CheckpointError(f"{where} is {preview(state)}, not a mapping")
+        unknown = [f"unknown key {preview(name)}" for name in state if name not in _SCALER_RANGES]
+        missing = [f"no {name}" for name in _SCALER_RANGES if name not in state]
+        if unknown or missing:
+            raise CheckpointError(f"{where} has {', '.join(unknown + missing)}")
+        bad = [f"{name} {preview(state[name])}" for name, (kinds, lowest, highest) in _SCALER_RANGES.items()
+               if not (_is_number(state[name], kinds) and lowest <= state[name] <= highest)]
         if bad:
-            raise CheckpointError(f"{source} is damaged: its GradScaler state ({key}) has {', '.join(bad)}")
+            raise CheckpointError(f"{where} has {', '.join(bad)}, which a GradScaler cannot run with")
 
 
 def checked_model_checkpoint_state(state: Any, source: str) -> dict[str, Any]:

@@ -20,7 +20,9 @@ from lightning.pytorch.utilities.exceptions import MisconfigurationException, SI
 from gpu_lessons import __version__
 from gpu_lessons.checkpointing import AtomicCheckpointIO, ConfinedCheckpoint
 from gpu_lessons.cli_config import CALLBACKS, DESCRIPTION, LIGHTNING_SUBCOMMANDS, TOOLS, add_lesson_arguments
-from gpu_lessons.config_checks import check_seed, check_trainer_counts, say_how_the_data_differs, set_model_settings, with_config_files
+from gpu_lessons.config_checks import (
+    PARSER_MODE, check_seed, check_trainer_counts, say_how_the_data_differs, set_model_settings, with_config_files
+)
 from gpu_lessons.cuda import resolve_accelerator
 from gpu_lessons.errors import UserError, exit_code, imported_class, one_line
 from gpu_lessons.models.base import Lesson
@@ -41,9 +43,11 @@ class LessonCLI(LightningCLI):
         kwargs.setdefault("seed_everything_default", 42)
         # parse errors come back as exceptions, for cli_main to report in one line instead of the usage block
         # no abbreviations (``--trainer.max_epoch`` would be taken as ``max_epochs``), in every subcommand's parser too
+        # every YAML read through config_checks.bounded_yaml_load (a file a config names too)
         kwargs.setdefault("parser_kwargs", {
             "exit_on_error": False, "prog": "gpu-lessons", "description": DESCRIPTION, "allow_abbrev": False,
-            **{name: {"allow_abbrev": False, "description": f"gpu-lessons {name}: {what}."}
+            "parser_mode": PARSER_MODE,
+            **{name: {"allow_abbrev": False, "parser_mode": PARSER_MODE, "description": f"gpu-lessons {name}: {what}."}
                for name, what in LIGHTNING_SUBCOMMANDS.items()},
         })
         try:

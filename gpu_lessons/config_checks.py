@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from jsonargparse import Namespace
+from jsonargparse import Namespace, get_loader, set_loader
 
 from gpu_lessons.data.tensor_datamodule import MAX_SEED
 from gpu_lessons.errors import UserError, imported_class, preview
@@ -26,6 +26,21 @@ _DATA_LOCATION_KEYS = {"data_dir", "download", "num_workers", "on_device", "load
 # as is a YAML or JSON file given to a nested option (``--model.init_args.optimizer sgd.yaml``).
 _FILE_OPTIONS = ("--config", "-c", "--data", "--model", "--trainer", "--optimizer", "--lr_scheduler")
 _CONFIG_SUFFIXES = (".yaml", ".yml", ".json")
+
+
+def bounded_yaml_load(text: str) -> Any:
+    """jsonargparse's own YAML loader behind the config bounds, for every YAML text the CLI's parser reads: also a file
+    that a config names (``data: d.yaml``), which no command-line check sees."""
+    if len(text) > MAX_CONFIG_BYTES:
+        raise UserError(f"the YAML {preview(text)} is {len(text):,} characters, more than the {MAX_CONFIG_BYTES:,} the CLI "
+                        "reads as one file or value")
+    check_config_expansion(text, f"the YAML {preview(text)}")
+    return _jsonargparse_yaml_load(text)
+
+
+_jsonargparse_yaml_load = get_loader("yaml")
+PARSER_MODE = "bounded_yaml"  # the CLI's parser_mode: jsonargparse's documented way to give a parser its own loader
+set_loader(PARSER_MODE, bounded_yaml_load, (yaml.YAMLError,))
 
 
 def with_config_files(args: Any) -> Any:
@@ -52,7 +67,10 @@ def checked_value(option: str, value: str) -> str:
     :data:`MAX_CONFIG_VALUES` values."""
     if option in ("--config", "-c"):
         value = config_path(value)  # a shipped lesson's name (``cnn``) as its config file (a real file always wins)
-    if (option in _FILE_OPTIONS or value.lower().endswith(_CONFIG_SUFFIXES)) and os.path.isfile(value):
+    named_file = option in _FILE_OPTIONS or value.lower().endswith(_CONFIG_SUFFIXES)
+    if named_file and os.path.exists(value) and not os.path.isfile(value):  # jsonargparse would wait on a FIFO
+        raise UserError(f"{option} {value} is not a regular file (a folder, FIFO or device); give a YAML file")
+    if named_file and os.path.isfile(value):
         size = os.path.getsize(value)
         if size > MAX_CONFIG_BYTES:
             raise UserError(f"{option} {value} is {size:,} bytes, more than a config's {MAX_CONFIG_BYTES:,}")

@@ -39,9 +39,9 @@ RESULTS = {
 CI_LESSONS = ["mlp", "cnn", "mnist_classifier"]  # Fashion-MNIST is not beside the repo in CI
 # The same seed is not the same run on every CPU: float rounding follows the instruction set (AVX2, AVX-512, AMX), and
 # five epochs of it move the result like another seed would. Seed 42 of mnist_classifier gave 98.06 % on the CPU the
-# ranges were measured on and 98.17 % on a Sapphire Rapids, whose own five seeds spread as widely (docs/speed.md).
-# 0.2 points is about three of the seeds' standard deviations: a real regression (a broken schedule, a lost epoch)
-# costs far more.
+# ranges were measured on and 98.17 % on a Sapphire Rapids, whose five seeds gave 97.86-98.17 % (docs/speed.md).
+# 0.2 points is about three of the seeds' standard deviations on the reference CPU (0.07-0.08; 0.14 for
+# mnist_classifier on the other): a real regression (a broken schedule, a lost epoch) costs far more.
 OTHER_CPU_MARGIN = 0.002
 
 

@@ -156,10 +156,25 @@ DAMAGED_STATES: dict[str, tuple[Callable[[dict[str, Any]], dict[str, Any]], str]
     ),
     "a GradScaler state with an unknown key": (
         lambda t: {**t, "MixedPrecision": {**torch.amp.GradScaler("cpu").state_dict(), "run": "rm -rf /"}},
-        "its MixedPrecision is",
+        "has unknown key 'run'",
     ),
     "an old GradScaler state that is not a mapping": (
-        lambda t: {**t, "native_amp_scaling_state": [65536.0]}, "its native_amp_scaling_state is",
+        lambda t: {**t, "native_amp_scaling_state": [65536.0]}, "not a mapping",
+    ),
+    # each would pass a check of kinds alone, then fail mid-fit with a traceback or a misleading NaN-loss message
+    "a GradScaler scale beyond any float": (
+        lambda t: {**t, "MixedPrecision": {**torch.amp.GradScaler("cpu").state_dict(), "scale": 10**400}}, "has scale 1000",
+    ),
+    "a GradScaler scale as a tensor": (
+        lambda t: {**t, "MixedPrecision": {**torch.amp.GradScaler("cpu").state_dict(), "scale": torch.ones(1)}}, "has scale tensor",
+    ),
+    "a fractional GradScaler growth_interval": (
+        lambda t: {**t, "MixedPrecision": {**torch.amp.GradScaler("cpu").state_dict(), "growth_interval": 2.5}},
+        "has growth_interval 2.5",
+    ),
+    "a zero GradScaler backoff_factor": (
+        lambda t: {**t, "MixedPrecision": {**torch.amp.GradScaler("cpu").state_dict(), "backoff_factor": 0.0}},
+        "has backoff_factor 0.0, which a GradScaler cannot run with",
     ),
 }
 

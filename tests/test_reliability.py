@@ -236,6 +236,9 @@ def trained_workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     laughs = ["a0: &a0 [1, 1, 1, 1, 1, 1, 1, 1, 1, 1]"]  # each level names the one below ten times: 10**9 values
     laughs += [f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 10)}]" for i in range(1, 10)]
     (workdir / "laughs.yaml").write_text("\n".join(laughs) + "\n")
+    (workdir / "laughs.txt").write_text("\n".join(laughs) + "\n")  # a name no check of the command line reads
+    (workdir / "names_laughs.yaml").write_text("data: laughs.txt\n")
+    os.mkfifo(workdir / "fifo.yaml")
     (workdir / "huge.yaml").write_text("# " + "x" * 1_200_000 + "\n")
     (workdir / "checkpoints" / "loop").symlink_to("loop")  # a run folder that is a symlink to itself
     write_idx_dataset(workdir / "damaged_mnist", num_train=60, num_test=20)
@@ -298,6 +301,11 @@ BAD_INPUTS = {
         ["fit", "regression", "--model.init_args.optimizer", "laughs.yaml"],
         "--model.init_args.optimizer laughs.yaml expands to more than 100,000 values",
     ),
+    "a billion laughs in a file a config names": (["fit", "--config", "names_laughs.yaml"], "expands to more than 100,000 values"),
+    "a billion laughs in a .txt optimizer file": (
+        ["fit", "regression", "--model.init_args.optimizer", "laughs.txt"], "expands to more than 100,000 values"
+    ),
+    "a FIFO as the data's file": (["fit", "regression", "--data", "fifo.yaml"], "--data fifo.yaml is not a regular file"),
     "a billion laughs given inline to a callback list": (
         ["fit", "regression", "--trainer.callbacks", "a: &a [1, 1, 1, 1, 1, 1, 1, 1, 1, 1]\n" + "".join(
             f"a{i}: &a{i} [{', '.join([f'*a{i - 1}' if i > 1 else '*a'] * 10)}]\n" for i in range(1, 8))],
