@@ -268,6 +268,11 @@ def _damaged_checkpoints(workdir: Path) -> None:
     assert good["state_dict"]  # the source was left as it was
 
 
+# A billion laughs small enough to give on the command line: each of 7 levels names the one below ten times.
+INLINE_LAUGHS = "a: &a [1, 1, 1, 1, 1, 1, 1, 1, 1, 1]\n" + "".join(
+    f"a{i}: &a{i} [{', '.join([f'*a{i - 1}' if i > 1 else '*a'] * 10)}]\n" for i in range(1, 8)
+)
+
 BAD_INPUTS = {
     "unknown config key": (["fit", "classifier", "--model.init_args.nonsense", "1"], "nonsense"),
     "wrong type": (["fit", "classifier", "--trainer.max_epochs", "ten"], "max_epochs"),
@@ -288,8 +293,7 @@ BAD_INPUTS = {
     "a YAML billion laughs": (["fit", "--config", "laughs.yaml"], "laughs.yaml expands to more than 100,000 values"),
     "a config over 1 MB": (["fit", "--config", "huge.yaml"], "huge.yaml is 1,200,"),
     "a billion laughs given inline": (
-        ["fit", "--config", "a: &a [1, 1, 1, 1, 1, 1, 1, 1, 1, 1]\n" + "".join(
-            f"a{i}: &a{i} [{', '.join([f'*a{i - 1}' if i > 1 else '*a'] * 10)}]\n" for i in range(1, 8))],
+        ["fit", "--config", INLINE_LAUGHS],
         "(given inline) expands to more than 100,000 values",
     ),
     "missing config file": (["fit", "--config", "nope.yaml"], "nope.yaml"),
@@ -307,8 +311,7 @@ BAD_INPUTS = {
     ),
     "a FIFO as the data's file": (["fit", "regression", "--data", "fifo.yaml"], "--data fifo.yaml is not a regular file"),
     "a billion laughs given inline to a callback list": (
-        ["fit", "regression", "--trainer.callbacks", "a: &a [1, 1, 1, 1, 1, 1, 1, 1, 1, 1]\n" + "".join(
-            f"a{i}: &a{i} [{', '.join([f'*a{i - 1}' if i > 1 else '*a'] * 10)}]\n" for i in range(1, 8))],
+        ["fit", "regression", "--trainer.callbacks", INLINE_LAUGHS],
         "--trainer.callbacks (given inline) expands to more than 100,000 values",
     ),
     "missing ckpt_path": (["test", "regression", "--ckpt_path", "checkpoints/regression/gone.ckpt"], "no such checkpoint file"),
