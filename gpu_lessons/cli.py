@@ -43,11 +43,12 @@ class LessonCLI(LightningCLI):
         kwargs.setdefault("seed_everything_default", 42)
         # parse errors come back as exceptions, for cli_main to report in one line instead of the usage block
         # no abbreviations (``--trainer.max_epoch`` would be taken as ``max_epochs``), in every subcommand's parser too
-        # every YAML read through config_checks.bounded_yaml_load (a file a config names too)
+        # every YAML read through config_checks.bounded_yaml_load (a file a config names too); LightningCLI gives the
+        # subcommands' parsers only their own kwargs, so each gets these too
+        every_parser = {"allow_abbrev": False, "parser_mode": PARSER_MODE}
         kwargs.setdefault("parser_kwargs", {
-            "exit_on_error": False, "prog": "gpu-lessons", "description": DESCRIPTION, "allow_abbrev": False,
-            "parser_mode": PARSER_MODE,
-            **{name: {"allow_abbrev": False, "parser_mode": PARSER_MODE, "description": f"gpu-lessons {name}: {what}."}
+            "exit_on_error": False, "prog": "gpu-lessons", "description": DESCRIPTION, **every_parser,
+            **{name: {**every_parser, "description": f"gpu-lessons {name}: {what}."}
                for name, what in LIGHTNING_SUBCOMMANDS.items()},
         })
         try:

@@ -28,6 +28,9 @@ _FILE_OPTIONS = ("--config", "-c", "--data", "--model", "--trainer", "--optimize
 _CONFIG_SUFFIXES = (".yaml", ".yml", ".json")
 
 
+_jsonargparse_yaml_load = get_loader("yaml")
+
+
 def bounded_yaml_load(text: str) -> Any:
     """jsonargparse's own YAML loader behind the config bounds, for every YAML text the CLI's parser reads: also a file
     that a config names (``data: d.yaml``), which no command-line check sees."""
@@ -38,7 +41,6 @@ def bounded_yaml_load(text: str) -> Any:
     return _jsonargparse_yaml_load(text)
 
 
-_jsonargparse_yaml_load = get_loader("yaml")
 PARSER_MODE = "bounded_yaml"  # the CLI's parser_mode: jsonargparse's documented way to give a parser its own loader
 set_loader(PARSER_MODE, bounded_yaml_load, (yaml.YAMLError,))
 

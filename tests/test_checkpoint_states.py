@@ -117,6 +117,11 @@ def _with_state(trained: dict[str, Any], name: str, change: Callable[[dict[str, 
     return checkpoint
 
 
+def _with_scaler(trained: dict[str, Any], **changes: Any) -> dict[str, Any]:
+    """``trained`` with 16-mixed's GradScaler state as Lightning saves it (a CPU run has none), with ``changes``."""
+    return {**trained, "MixedPrecision": {**torch.amp.GradScaler("cpu").state_dict(), **changes}}
+
+
 DAMAGED_STATES: dict[str, tuple[Callable[[dict[str, Any]], dict[str, Any]], str]] = {
     "callbacks not a mapping": (lambda t: {**t, "callbacks": ["ModelCheckpoint"]}, "callbacks state is not a mapping"),
     "an unknown ModelCheckpoint key": (
@@ -150,31 +155,17 @@ DAMAGED_STATES: dict[str, tuple[Callable[[dict[str, Any]], dict[str, Any]], str]
         lambda t: _with_state(t, "RandomStates", lambda s: {**s, "python": "seed"}), "random-number states are damaged"
     ),
     # 16-mixed's GradScaler state, as Lightning saves it beside the callbacks' (a CPU run has none to change).
-    "a GradScaler state with a NaN scale": (
-        lambda t: {**t, "MixedPrecision": {**torch.amp.GradScaler("cpu").state_dict(), "scale": float("nan")}},
-        "has scale nan",
-    ),
-    "a GradScaler state with an unknown key": (
-        lambda t: {**t, "MixedPrecision": {**torch.amp.GradScaler("cpu").state_dict(), "run": "rm -rf /"}},
-        "has unknown key 'run'",
-    ),
+    "a GradScaler state with a NaN scale": (lambda t: _with_scaler(t, scale=float("nan")), "has scale nan"),
+    "a GradScaler state with an unknown key": (lambda t: _with_scaler(t, run="rm -rf /"), "has unknown key 'run'"),
     "an old GradScaler state that is not a mapping": (
         lambda t: {**t, "native_amp_scaling_state": [65536.0]}, "not a mapping",
     ),
     # each would pass a check of kinds alone, then fail mid-fit with a traceback or a misleading NaN-loss message
-    "a GradScaler scale beyond any float": (
-        lambda t: {**t, "MixedPrecision": {**torch.amp.GradScaler("cpu").state_dict(), "scale": 10**400}}, "has scale 1000",
-    ),
-    "a GradScaler scale as a tensor": (
-        lambda t: {**t, "MixedPrecision": {**torch.amp.GradScaler("cpu").state_dict(), "scale": torch.ones(1)}}, "has scale tensor",
-    ),
-    "a fractional GradScaler growth_interval": (
-        lambda t: {**t, "MixedPrecision": {**torch.amp.GradScaler("cpu").state_dict(), "growth_interval": 2.5}},
-        "has growth_interval 2.5",
-    ),
+    "a GradScaler scale beyond any float": (lambda t: _with_scaler(t, scale=10**400), "has scale 1000"),
+    "a GradScaler scale as a tensor": (lambda t: _with_scaler(t, scale=torch.ones(1)), "has scale tensor"),
+    "a fractional GradScaler growth_interval": (lambda t: _with_scaler(t, growth_interval=2.5), "has growth_interval 2.5"),
     "a zero GradScaler backoff_factor": (
-        lambda t: {**t, "MixedPrecision": {**torch.amp.GradScaler("cpu").state_dict(), "backoff_factor": 0.0}},
-        "has backoff_factor 0.0, which a GradScaler cannot run with",
+        lambda t: _with_scaler(t, backoff_factor=0.0), "has backoff_factor 0.0, which a GradScaler cannot run with"
     ),
 }
 
@@ -408,6 +399,6 @@ def test_every_subcommand_checks_the_loop_state_it_restores(stage: str, trained:
 
 def test_a_sound_gradscaler_state_loads(trained: dict[str, Any], tmp_path: Path) -> None:
     """The check refuses only damage: a GradScaler state as 16-mixed saves it, mid-run, loads unchanged."""
-    state = {**torch.amp.GradScaler("cpu").state_dict(), "scale": 1024.0, "_growth_tracker": 37}
-    torch.save({**trained, "MixedPrecision": state}, tmp_path / "mixed.ckpt")
-    assert load_checkpoint(tmp_path / "mixed.ckpt")["MixedPrecision"] == state
+    checkpoint = _with_scaler(trained, scale=1024.0, _growth_tracker=37)
+    torch.save(checkpoint, tmp_path / "mixed.ckpt")
+    assert load_checkpoint(tmp_path / "mixed.ckpt")["MixedPrecision"] == checkpoint["MixedPrecision"]
